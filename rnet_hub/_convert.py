@@ -1,0 +1,182 @@
+"""Legacy archive -> converted folder (``model.safetensors`` + ``config.json`` + card), verified.
+
+The recipe follows safetensors' ``convert.py``: load safely, drop shared duplicates, save,
+reload and compare. Here "compare" is the strong version: the original wrapper topology
+with the source weights and the timm model read back from the written folder run on the
+same batch, and the conversion fails unless their logits agree (see ``_parity``).
+
+The folder is written atomically: everything goes into a hidden temporary sibling that is
+renamed into place only after verification, so a failed or interrupted conversion leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from . import __version__, legacy
+from ._card import write_short_card
+from ._config import build_config
+from ._detect import detect_architecture
+from ._keymap import check_against, legacy_to_timm
+from ._loading import CONFIG_NAME, WEIGHTS_NAME, build_timm_on_meta, load_timm_from_dir, read_config
+from ._parity import ParityError, ParityReport, compare_logits, parity_input, run_logits
+from ._source import LegacyCheckpoint, open_legacy_checkpoint
+from ._table import ArchSpec, find_arch
+
+__all__ = ["ConversionResult", "OutputExistsError", "convert", "verify"]
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder exists and ``overwrite`` was not asked for."""
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What a conversion wrote and how well it reproduced the original."""
+
+    out_dir: Path
+    arch: ArchSpec
+    num_classes: int
+    source_sha256: str
+    weights_sha256: str
+    parity: ParityReport
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.parity.max_abs_diff
+
+    def __str__(self) -> str:
+        return (f"{self.arch.name} -> {self.out_dir} ({self.arch.timm_arch}, {self.num_classes} classes)\n"
+                f"  source sha256 {self.source_sha256}\n  {self.parity}")
+
+
+def _check_label_names(label_names: Sequence[str] | None, num_classes: int) -> list[str] | None:
+    if label_names is None:
+        return None
+    names = [str(n) for n in label_names]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} label names given but the checkpoint's head has {num_classes} classes; "
+                         f"give exactly one name per output")
+    return names
+
+
+@contextlib.contextmanager
+def _atomic_output(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_dir``; rename it into place only on success."""
+    if out_dir.exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
+        _apply_umask(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the staged folder ordinary permissions (mkdtemp and safetensors create private ones)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _legacy_logits(checkpoint: LegacyCheckpoint, spec: ArchSpec, num_classes: int) -> torch.Tensor:
+    """Logits of the original wrapper topology holding the source weights."""
+    wrapper = legacy.build_with_state(checkpoint.state_dict, spec, num_classes)
+    return run_logits(wrapper, parity_input(spec.input_size))
+
+
+def _write_weights(checkpoint: LegacyCheckpoint, spec: ArchSpec, num_classes: int, folder: Path) -> int:
+    """Map, check against timm and save the weights; returns timm's ``num_features``."""
+    mapped = legacy_to_timm(spec, checkpoint.state_dict)
+    timm_model = build_timm_on_meta(spec.timm_arch, num_classes=num_classes, **spec.model_args)
+    check_against(mapped, {k: v.shape for k, v in timm_model.state_dict().items()},
+                  f"{checkpoint.source_name} ({spec.name} -> {spec.timm_arch})")
+    metadata = {"format": "pt", "source_file": checkpoint.source_name, "source_sha256": checkpoint.sha256,
+                "converter": f"rnet_hub {__version__}", "architecture": spec.timm_arch}
+    safetensors.torch.save_file({k: v.contiguous() for k, v in mapped.items()}, folder / WEIGHTS_NAME,
+                                metadata=metadata)
+    return int(timm_model.num_features)
+
+
+def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, *,
+            arch: str | None = None, label_names: Sequence[str] | None = None, repo_id: str | None = None,
+            overwrite: bool = False, cache_dir: Path | None = None, progress: bool = True) -> ConversionResult:
+    """Convert a legacy RadiologyNET checkpoint into a verified timm/transformers folder.
+
+    Args:
+        source: a ``.tar.gz``/``.tgz``/``.tar`` archive, a ``.pth``/``.pt`` file or an http(s) URL.
+        out_dir: the folder to create; default ``converted/<timm architecture>``.
+        arch: the architecture (legacy name, alias or timm name); detected from the keys when omitted.
+        label_names: one name per output class, stored in ``config.json`` as ``label_names``.
+        repo_id: the Hub repository the folder is meant for (recorded as ``hf_hub_id``).
+        overwrite: replace an existing ``out_dir``.
+
+    Raises:
+        ParityError: the converted model does not reproduce the original logits.
+        SourceError, UnknownArchitectureError, HeadShapeError, KeyMapError: bad input.
+    """
+    with open_legacy_checkpoint(source, cache_dir=cache_dir, progress=progress) as checkpoint:
+        spec, num_classes = detect_architecture(checkpoint.state_dict, arch)
+        names = _check_label_names(label_names, num_classes)
+        target = Path(out_dir) if out_dir is not None else Path("converted") / spec.timm_arch
+        repo = repo_id or spec.repo_id()
+        with _atomic_output(target, overwrite) as staging:
+            num_features = _write_weights(checkpoint, spec, num_classes, staging)
+            config = build_config(spec, num_classes=num_classes, num_features=num_features, repo_id=repo,
+                                  label_names=names)
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            reference = _legacy_logits(checkpoint, spec, num_classes)
+            checkpoint.state_dict.clear()  # release the mmapped source before loading the copy
+            parity = compare_logits(reference, run_logits(load_timm_from_dir(staging),
+                                                          parity_input(spec.input_size)), spec.input_size)
+            if not parity.passed:
+                raise ParityError(f"{spec.name}: the converted model does not reproduce the original; {parity}")
+            write_short_card(staging, spec, repo_id=repo, source_name=checkpoint.source_name,
+                             source_sha256=checkpoint.sha256, parity=parity, num_classes=num_classes)
+            weights_sha256 = _sha256(staging / WEIGHTS_NAME)
+        return ConversionResult(out_dir=target, arch=spec, num_classes=num_classes,
+                                source_sha256=checkpoint.sha256, weights_sha256=weights_sha256, parity=parity)
+
+
+def verify(model_dir: str | os.PathLike[str], against: str | os.PathLike[str], *,
+           cache_dir: Path | None = None, progress: bool = True) -> ParityReport:
+    """Rerun the parity check of an existing converted folder against its source checkpoint."""
+    config = read_config(model_dir)
+    spec = find_arch(config["architecture"])
+    with open_legacy_checkpoint(against, cache_dir=cache_dir, progress=progress) as checkpoint:
+        _, num_classes = detect_architecture(checkpoint.state_dict, spec)
+        reference = _legacy_logits(checkpoint, spec, num_classes)
+    candidate = run_logits(load_timm_from_dir(model_dir), parity_input(spec.input_size))
+    return compare_logits(reference, candidate, spec.input_size)

@@ -1,0 +1,134 @@
+"""``rnet-hub``: small typed commands over the package.
+
+Each command is one function taking parsed arguments; every error that a user can fix is
+printed as one ``error:`` line naming the fix, with exit status 2 (1 for failed checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ._table import ARCHITECTURES
+
+__all__ = ["main"]
+
+_ARCH_HELP = "one of " + ", ".join(s.name for s in ARCHITECTURES) + " (aliases and timm names work too)"
+
+
+def _cmd_sample_archive(args: argparse.Namespace) -> int:
+    from ._sample import write_sample_archive
+
+    path = write_sample_archive(args.name, args.output, seed=args.seed, num_classes=args.num_classes,
+                                with_optimizer=not args.no_optimizer)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _read_label_names(args: argparse.Namespace) -> list[str] | None:
+    if args.label_names_file:
+        return [line.strip() for line in Path(args.label_names_file).read_text().splitlines() if line.strip()]
+    if args.label_names:
+        return [name.strip() for name in args.label_names.split(",")]
+    return None
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from ._convert import convert
+
+    result = convert(args.source, args.out, arch=args.arch, label_names=_read_label_names(args),
+                     repo_id=args.repo_id, overwrite=args.overwrite, progress=not args.quiet)
+    print(result)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ._convert import verify
+
+    report = verify(args.model_dir, args.against, progress=not args.quiet)
+    print(report)
+    return 0 if report.passed else 1
+
+
+def _add_sample_archive(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "sample-archive", help="write a stand-in archive in the exact original format (random weights)",
+        description="Write <NAME>.tar.gz exactly as the published archives are laid out, with random "
+                    "(seeded) weights and BatchNorm statistics. For tests and demos: results on it say "
+                    "nothing about the real weights.")
+    parser.add_argument("name", help=_ARCH_HELP)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="archive path, or a folder for <Name>.tar.gz")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same weights; default 0)")
+    parser.add_argument("--num-classes", type=int, default=36, help="head size (default 36, as pretrained)")
+    parser.add_argument("--no-optimizer", action="store_true",
+                        help="leave out the AdamW state (a much smaller archive)")
+    parser.set_defaults(func=_cmd_sample_archive)
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "convert", help="convert a legacy archive/.pth/URL into a verified timm/transformers folder",
+        description="Convert a RadiologyNET checkpoint (.tar.gz/.tgz/.tar, .pth/.pt or http(s) URL) into "
+                    "model.safetensors + config.json + README.md. The conversion fails, leaving nothing, "
+                    "unless the converted model reproduces the original topology's logits.")
+    parser.add_argument("source", help="archive, .pth file or URL")
+    parser.add_argument("--arch", help=f"architecture, detected from the weights when omitted; {_ARCH_HELP}")
+    parser.add_argument("--out", type=Path, help="output folder (default converted/<timm architecture>)")
+    parser.add_argument("--repo-id", help="Hub repository the folder is meant for (default radiologynet/<arch>)")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--label-names", help="comma-separated class names, one per output of the head")
+    labels.add_argument("--label-names-file", type=Path, help="file with one class name per line")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_cmd_convert)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "verify", help="rerun the parity check of a converted folder against its source",
+        description="Run the original wrapper topology on SOURCE's weights and the converted model in "
+                    "MODEL_DIR on the same batch and compare logits. Exit status 1 when they differ.")
+    parser.add_argument("model_dir", help="converted folder")
+    parser.add_argument("--against", required=True, help="the source archive, .pth or URL")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_cmd_verify)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_sample_archive, _add_convert, _add_verify]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnet-hub",
+        description="RadiologyNET foundation models for timm, transformers and the Hugging Face Hub.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except AssertionError as exc:  # failed parity checks
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except _USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
