@@ -85,8 +85,8 @@ def write_sample_archive(name: str | ArchSpec, out_path: str | os.PathLike[str],
     """
     spec = name if isinstance(name, ArchSpec) else find_arch(name)
     out_path = Path(out_path)
-    if out_path.is_dir():
-        out_path = out_path / f"{spec.name}.tar.gz"
+    if out_path.is_dir() or not out_path.name.endswith((".tar.gz", ".tgz")):
+        out_path = out_path / f"{spec.name}.tar.gz"  # a folder: name the archive as published
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
