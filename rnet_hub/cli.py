@@ -53,6 +53,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.arch, args.workdir, progress=not args.quiet)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo", help="the whole chain on a built-in default: sample archive, convert, load, parity report",
+        description="Write a stand-in archive (random weights in the exact published format), convert it, "
+                    "load the result with timm and transformers and print the parity report against the "
+                    "original topology. Needs no network.")
+    parser.add_argument("--arch", default="ResNet50", help=f"architecture (default ResNet50); {_ARCH_HELP}")
+    parser.add_argument("--workdir", type=Path, default=Path("demo-output"),
+                        help="folder for the archive and the converted model (default ./demo-output)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_cmd_demo)
+
+
 def _add_sample_archive(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "sample-archive", help="write a stand-in archive in the exact original format (random weights)",
@@ -97,7 +116,12 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_verify)
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_sample_archive, _add_convert, _add_verify]
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo,
+    _add_sample_archive,
+    _add_convert,
+    _add_verify,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
