@@ -8,6 +8,7 @@ resumed with an HTTP ``Range`` request (a server that ignores ``Range`` restarts
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import time
 import urllib.error
@@ -81,7 +82,7 @@ def download_to_cache(url: str, *, cache_dir: Path | None = None, progress: bool
         except urllib.error.HTTPError as exc:
             if exc.code < 500 or attempt == MAX_ATTEMPTS:
                 raise DownloadError(f"could not download {url}: HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
             if attempt == MAX_ATTEMPTS:
                 raise DownloadError(f"could not download {url} after {attempt} attempts: {exc}; check the "
                                     f"URL and your connection, or download it yourself and pass the file") from exc
