@@ -116,11 +116,39 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_verify)
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from ._push import push_folder
+
+    result = push_folder(args.folder, repo_id=args.repo_id, revision=args.revision, private=args.private,
+                         create_pr=args.create_pr, dry_run=args.dry_run, commit_message=args.commit_message)
+    print(result)
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "push", help="upload a converted folder to the Hugging Face Hub in one commit",
+        description="Create the repository if missing and upload every file of DIR in one commit, then print "
+                    "the commit URL. Transient failures are retried and never give a second commit; a folder "
+                    "the remote already holds uploads nothing. The token comes from HF_TOKEN or `hf auth login` "
+                    "and is never printed; HF_ENDPOINT selects another Hub.")
+    parser.add_argument("folder", type=Path, metavar="DIR", help="converted folder (config.json + model.safetensors)")
+    parser.add_argument("--repo-id", required=True, help="repository, e.g. radiologynet/resnet50")
+    parser.add_argument("--revision", help="branch to commit to (created from main if missing; default main)")
+    parser.add_argument("--private", action="store_true", help="create the repository private (when it is new)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request against main instead")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the files (path, size, sha256) that would be pushed; no network")
+    parser.add_argument("--commit-message", help="commit title (default names the architecture)")
+    parser.set_defaults(func=_cmd_push)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
     _add_sample_archive,
     _add_convert,
     _add_verify,
+    _add_push,
 ]
 
 
