@@ -143,12 +143,47 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_push)
 
 
+def _cmd_publish_all(args: argparse.Namespace) -> int:
+    from ._publish import publish_all
+
+    names = [name.strip() for name in args.only.split(",")] if args.only else None
+    paths = {key: value for key, value in (("work_dir", args.work_dir), ("manifest", args.manifest)) if value}
+    report = publish_all(archives=args.archives, names=names, org=args.org, dry_run=args.dry_run,
+                         revision=args.revision, private=args.private, verify_after=args.verify,
+                         cache_dir=args.cache_dir, progress=not args.quiet, **paths)
+    return report.exit_code
+
+
+def _add_publish_all(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "publish-all", help="convert and push all ten models with full model cards",
+        description="For each model: convert its archive (or reuse an earlier conversion of the same source), "
+                    "write the full model card and push the folder in one commit. Re-running after a success "
+                    "uploads nothing. A failing model does not stop the others; the summary names it and the "
+                    "exit status is 1. The manifest records source and file sha256, commit sha and parity.")
+    parser.add_argument("--archives", type=Path, help="folder with <Name>.tar.gz (default: the published URLs)")
+    parser.add_argument("--only", help="comma-separated model names (default: all ten)")
+    parser.add_argument("--org", help="Hub organisation (default $RNET_HUB_ORG or radiologynet)")
+    parser.add_argument("--work-dir", type=Path, help="converted folders, kept between runs (default converted/)")
+    parser.add_argument("--manifest", type=Path, help="the manifest to update (default conversion/manifest.json)")
+    parser.add_argument("--revision", help="branch to commit to (default main)")
+    parser.add_argument("--private", action="store_true", help="create new repositories private")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (repository, files, sizes, sha256); no network, no manifest")
+    parser.add_argument("--verify", action="store_true",
+                        help="after pushing, download each model by its commit sha and rerun parity")
+    parser.add_argument("--cache-dir", type=Path, help="download cache for URLs (default ~/.cache/rnet_hub)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_cmd_publish_all)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
     _add_sample_archive,
     _add_convert,
     _add_verify,
     _add_push,
+    _add_publish_all,
 ]
 
 
