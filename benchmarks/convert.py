@@ -1,0 +1,118 @@
+"""Conversion speed and memory, as ratios against baselines measured in the same run.
+
+For each architecture (default VGG16 and ResNet50) it writes the stand-in archive *with*
+optimizer state (the size of the published one), then runs, alternately, ``--repeats`` times:
+
+* ``gzip -dc ARCHIVE > /dev/null``: the floor for reading the archive at all;
+* ``python -c "import torch, timm"``: the memory floor of any Python process that could convert;
+* ``rnet-hub convert ARCHIVE --out DIR --overwrite -q``: the conversion, parity check included.
+
+It prints the medians and two ratios with their targets:
+
+* time:   convert wall / gzip wall                       (target <= 1.2)
+* memory: (convert peak RSS - import peak RSS) / fp32 model bytes   (target <= 1.6)
+
+Peak RSS is the kernel's ``ru_maxrss`` of each child process (``os.wait4``). Results on stand-in
+archives measure the converter, not the real weights.
+
+Usage: python benchmarks/convert.py [--arch VGG16 --arch ResNet50] [--repeats 3] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TIME_TARGET = 1.2
+MEMORY_TARGET = 1.6
+
+
+def run_measured(command: list[str] | str, *, shell: bool = False) -> tuple[float, int]:
+    """Wall seconds and peak RSS bytes of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, shell=shell, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{command} failed: {process.stderr.read().decode()[-2000:]}")
+    process.stderr.close()
+    return wall, usage.ru_maxrss * 1024
+
+
+def fp32_model_bytes(arch: str) -> int:
+    from rnet_hub import legacy
+
+    model = legacy.build_on_meta(arch)
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def bench(arch: str, workdir: Path, repeats: int) -> dict[str, float]:
+    from rnet_hub._sample import write_sample_archive
+
+    archive = workdir / f"{arch}.tar.gz"
+    if not archive.exists():
+        print(f"writing the {arch} stand-in archive with optimizer state ...", flush=True)
+        write_sample_archive(arch, archive, with_optimizer=True)
+    out = workdir / f"{arch}-converted"
+    commands = {
+        "gzip": (f"gzip -dc {archive} > /dev/null", True),
+        "import": ([sys.executable, "-c", "import torch, timm"], False),
+        "convert": ([sys.executable, "-m", "rnet_hub.cli", "convert", str(archive), "--out", str(out),
+                     "--overwrite", "-q"], False),
+    }
+    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
+    for name, (command, shell) in commands.items():  # warm-up: page cache, pyc files
+        run_measured(command, shell=shell)
+    for _ in range(repeats):
+        for name, (command, shell) in commands.items():
+            samples[name].append(run_measured(command, shell=shell))
+    median = {name: (statistics.median(w for w, _ in s), statistics.median(r for _, r in s))
+              for name, s in samples.items()}
+    model_bytes = fp32_model_bytes(arch)
+    return {
+        "archive_mib": archive.stat().st_size / 2**20,
+        "model_mib": model_bytes / 2**20,
+        "gzip_s": median["gzip"][0],
+        "convert_s": median["convert"][0],
+        "import_rss_mib": median["import"][1] / 2**20,
+        "convert_rss_mib": median["convert"][1] / 2**20,
+        "time_ratio": median["convert"][0] / median["gzip"][0],
+        "memory_ratio": (median["convert"][1] - median["import"][1]) / model_bytes,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", action="append", help="architecture(s) to measure (default VGG16, ResNet50)")
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs of each command (default 3)")
+    parser.add_argument("--workdir", type=Path, help="keep archives here between runs (default: a temp folder)")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rnet-hub-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    failed = False
+    try:
+        for arch in args.arch or ["VGG16", "ResNet50"]:
+            r = bench(arch, workdir, args.repeats)
+            ok_time, ok_memory = r["time_ratio"] <= TIME_TARGET, r["memory_ratio"] <= MEMORY_TARGET
+            failed |= not (ok_time and ok_memory)
+            print(f"{arch}: archive {r['archive_mib']:.0f} MiB, fp32 model {r['model_mib']:.0f} MiB\n"
+                  f"  gzip -dc {r['gzip_s']:.2f} s | convert {r['convert_s']:.2f} s | "
+                  f"time ratio {r['time_ratio']:.2f} (target <= {TIME_TARGET}) {'ok' if ok_time else 'MISSED'}\n"
+                  f"  peak RSS: import torch,timm {r['import_rss_mib']:.0f} MiB | convert "
+                  f"{r['convert_rss_mib']:.0f} MiB | memory ratio {r['memory_ratio']:.2f} "
+                  f"(target <= {MEMORY_TARGET}) {'ok' if ok_memory else 'MISSED'}", flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
