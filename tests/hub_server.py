@@ -168,7 +168,8 @@ class LoopbackHub:
         return f"http://{host}:{port}"
 
     def start(self) -> LoopbackHub:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopback-hub", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="loopback-hub", daemon=True)
         self._thread.start()
         return self
 
