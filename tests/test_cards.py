@@ -1,0 +1,185 @@
+"""Model cards: metadata, content and usage snippets for all ten, fine-tune cards, and a snippet run for real.
+
+Cards are rendered from ``model_cards/radiologynet.md`` and loaded back with
+``ModelCard.load``, the way the Hub and its clients read them. The snippet run pushes the
+converted seed-0 stand-in ResNet18 (random weights) to the loopback Hub and runs the card's
+own timm code in a fresh process against it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from rnet_hub import cards
+from rnet_hub._table import ARCHITECTURES, ArchSpec
+from rnet_hub.cards import build_card, build_card_for_folder
+
+pytest_plugins = ["hub_fixtures"]  # the loopback Hub fixtures
+
+REQUIRED_TAGS = {"timm", "transformers", "medical-imaging", "radiology", "transfer-learning",
+                 "image-feature-extraction"}
+SHA = "0123456789abcdef" * 4
+_ID_PATTERNS = (r'"hf-hub:([^"@]+)', r'from_pretrained\("([^"]+)"\)', r'model="([^"]+)"',
+                r'transfer_weights\("([^"]+)"')
+_TAG_PATTERN = r'create_model\("(?!hf-hub:)([^"]+)"'
+
+
+@pytest.fixture(autouse=True)
+def _default_org(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RNET_HUB_ORG", raising=False)
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def _model_ids(code: str) -> tuple[set[str], set[str]]:
+    """``(hub ids, timm pretrained tags)`` named by a snippet."""
+    ids = {m for pattern in _ID_PATTERNS for m in re.findall(pattern, code)}
+    return ids, set(re.findall(_TAG_PATTERN, code))
+
+
+def _saved_and_loaded(card: ModelCard, tmp_path: Path) -> ModelCard:
+    card.save(tmp_path / "README.md")
+    return ModelCard.load(tmp_path / "README.md")
+
+
+@pytest.mark.parametrize("spec", ARCHITECTURES, ids=lambda s: s.name)
+def test_card_of_each_model_loads_back_with_metadata_and_content(spec: ArchSpec, tmp_path: Path) -> None:
+    card = _saved_and_loaded(build_card(spec, repo_id=spec.repo_id(), source_name=f"{spec.name}.tar.gz",
+                                        source_sha256=SHA, parity_max_abs_diff=3.25e-6, parity_tolerance=2e-3),
+                             tmp_path)
+    data = card.data.to_dict()
+    assert (data["license"], data["library_name"], data["pipeline_tag"]) == ("gpl-3.0", "timm",
+                                                                              "image-classification")
+    assert set(data["tags"]) >= REQUIRED_TAGS
+    assert "base_model" not in data
+    text = " ".join(card.text.split())  # wrapping-independent
+    for expected in (f"# RadiologyNET {spec.name}", "36 clusters", "no human-readable names", "zero padding",
+                     "RescaleSlope", "in_chans=1", "features_only=True", "Not for clinical use",
+                     "Single-institution data", spec.archive_url, SHA, "3.250e-06", "2.000e-03",
+                     f"torch {torch.__version__}", f"timm {timm.__version__}", f"{spec.input_size} × {spec.input_size}",
+                     "10.1038/s41598-025-05009-w", "10.1186/s13040-024-00373-1", "BioData Mining",
+                     "statistically indistinguishable"):
+        assert expected in text, expected
+    assert text.count("@article{") == 2
+    assert "{{" not in text and "{%" not in text
+
+
+@pytest.mark.parametrize("spec", ARCHITECTURES, ids=lambda s: s.name)
+def test_every_usage_snippet_names_this_model_from_the_table(spec: ArchSpec, tmp_path: Path) -> None:
+    card = _saved_and_loaded(build_card(spec, repo_id=spec.repo_id(), source_name=f"{spec.name}.tar.gz",
+                                        source_sha256=SHA, parity_max_abs_diff=0.0), tmp_path)
+    table_ids = {s.repo_id() for s in ARCHITECTURES}
+    table_tags = {s.pretrained_tag for s in ARCHITECTURES}
+    blocks = _python_blocks(card.text)
+    assert len(blocks) == 5  # timm, timm tag, timm variants, transformers, U-Net transfer
+    for block in blocks:
+        ids, tags = _model_ids(block)
+        assert ids or tags, f"snippet names no model:\n{block}"
+        assert ids <= table_ids and tags <= table_tags, block
+        assert ids <= {spec.repo_id()} and tags <= {spec.pretrained_tag}, block  # this card's own model
+    assert f"hf-hub:{spec.repo_id()}@<commit sha>" in card.text  # the pinned verification command
+
+
+def test_fine_tuned_card_points_at_its_base_model(tmp_path: Path) -> None:
+    spec = ARCHITECTURES[2]  # ResNet50
+    card = _saved_and_loaded(build_card(spec, repo_id="someone/wrist-fracture", source_name="wrist.pth",
+                                        source_sha256=SHA, parity_max_abs_diff=1e-6, num_classes=2,
+                                        label_names=["no fracture", "fracture"],
+                                        task="Wrist fracture on paediatric radiographs"), tmp_path)
+    data = card.data.to_dict()
+    assert data["base_model"] == "radiologynet/resnet50" == spec.repo_id()
+    assert data["base_model_relation"] == "finetune"
+    assert {"fine-tuned", *REQUIRED_TAGS} <= set(data["tags"]) and data["license"] == "gpl-3.0"
+    text = " ".join(card.text.split())
+    assert "# ResNet50 fine-tuned from RadiologyNET" in text
+    assert "**Task:** Wrist fracture on paediatric radiographs" in text
+    assert "| 0 | no fracture |" in text and "| 1 | fracture |" in text
+    assert "reports no performance figures" in text and "Not for clinical use" in text
+    assert "no human-readable names" not in text  # that is about the 36-cluster head, which was replaced
+    for block in _python_blocks(card.text):
+        ids, tags = _model_ids(block)
+        assert ids == {"someone/wrist-fracture"} and not tags, block
+    assert 'pipeline("image-classification", model="someone/wrist-fracture")' in text
+
+
+def test_fine_tuned_card_checks_its_inputs() -> None:
+    common = {"repo_id": "someone/x", "source_name": "x.pth", "source_sha256": SHA, "parity_max_abs_diff": 0.0}
+    with pytest.raises(ValueError, match="'radiologynet/resnet18' is not the RadiologyNET repository of ResNet50"):
+        build_card("ResNet50", base_model="radiologynet/resnet18", num_classes=2, **common)
+    with pytest.raises(ValueError, match="3 label names for a head of 2 classes"):
+        build_card("ResNet50", num_classes=2, label_names=["a", "b", "c"], **common)
+
+
+def test_card_for_a_converted_folder_reads_its_provenance(converted_dir, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    folder = converted_dir("MobileNetV3Small")
+    with safe_open(folder / "model.safetensors", framework="pt") as weights:
+        source_sha = weights.metadata()["source_sha256"]
+    card = _saved_and_loaded(build_card_for_folder(folder, parity_max_abs_diff=1.5e-7, parity_tolerance=1e-3,
+                                                   source_url="http://example.invalid/MobileNetV3Small.tar.gz"),
+                             tmp_path)
+    text = " ".join(card.text.split())
+    assert f"| source sha256 | `{source_sha}` |" in text
+    assert "`MobileNetV3Small.tar.gz` downloaded from <http://example.invalid/MobileNetV3Small.tar.gz>" in text
+    assert 'hf-hub:radiologynet/mobilenetv3_small_100"' in text  # the repo id recorded in config.json
+    assert "1.500e-07" in text and "letterboxing to 224 first" not in text  # 224-input model
+
+
+def test_template_is_shipped_in_the_package_too() -> None:
+    checkout = Path(cards.__file__).parent.parent / "model_cards" / cards.TEMPLATE_NAME
+    packaged = Path(cards.__file__).parent / "templates" / cards.TEMPLATE_NAME
+    assert cards.template_path() == checkout
+    assert packaged.read_text(encoding="utf-8") == checkout.read_text(encoding="utf-8")
+
+
+def test_template_variable_without_a_value_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = tmp_path / "radiologynet.md"
+    template.write_text("---\n{{ card_data }}\n---\n\n# {{ title }} for {{ hospital_name }}\n")
+    monkeypatch.setattr(cards, "template_path", lambda: template)
+    with pytest.raises(ValueError, match=r"variables build_card does not provide: \['hospital_name'\]"):
+        build_card("ResNet18", repo_id="radiologynet/resnet18", source_name="a", source_sha256=SHA,
+                   parity_max_abs_diff=0.0)
+
+
+def test_timm_snippets_of_a_published_card_run_against_the_hub(converted_dir, hub_client, tmp_path: Path) -> None:
+    from rnet_hub._push import push_folder
+
+    spec = ARCHITECTURES[-1]  # MobileNetV3Small: the smallest upload
+    folder = Path(shutil.copytree(converted_dir(spec.name), tmp_path / spec.timm_arch))
+    build_card_for_folder(folder, parity_max_abs_diff=0.0).save(folder / "README.md")
+    push_folder(folder, repo_id=spec.repo_id())
+    timm_blocks = [b for b in _python_blocks(ModelCard.load(spec.repo_id()).text)  # the card as the Hub serves it
+                   if "import timm" in b and "import rnet_hub" not in b]
+    assert len(timm_blocks) == 2
+    grey = np.random.default_rng(0).integers(0, 256, size=(180, 260), dtype=np.uint8)  # not square: letterboxed
+    Image.fromarray(grey).save(tmp_path / "image.png")
+    script = "\n".join([*timm_blocks, "import json", "print(json.dumps(cluster_scores[0].tolist()))",
+                        "print(grey(torch.zeros(1, 1, 224, 224)).shape[1])"])
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=hub_client.env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    features_line, scores_line, grey_classes = done.stdout.strip().splitlines()[-3:]
+    info = timm.create_model(spec.timm_arch, features_only=True).feature_info
+    assert features_line == f"{info.channels()} {info.reduction()}"  # features_only loaded from the Hub
+    assert grey_classes == "36"
+
+    local = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=local))
+    with torch.inference_mode():
+        expected = local(transform(Image.open(tmp_path / "image.png").convert("RGB")).unsqueeze(0)).softmax(-1)[0]
+    torch.testing.assert_close(torch.tensor(json.loads(scores_line)), expected, rtol=0, atol=1e-6)
