@@ -1,0 +1,193 @@
+"""Batch conversion and publishing against the loopback Hub, through the real clients.
+
+Two small architectures (ResNet18, MobileNetV3Small) stand in for the ten; their archives are
+the seed-0 stand-ins without optimizer state (random weights): these tests are about the
+publishing mechanics, never about the real RadiologyNET weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from safetensors import safe_open
+
+from rnet_hub._batch import RECORD_NAME, convert_all
+from rnet_hub._convert import convert
+from rnet_hub._publish import publish_all, read_manifest, verify_published
+from rnet_hub._push import push_folder
+from rnet_hub._table import find_arch
+from rnet_hub.cli import main
+
+pytest_plugins = ["hub_fixtures"]  # the loopback Hub fixtures
+
+NAMES = ("ResNet18", "MobileNetV3Small")
+REPOS = {name: find_arch(name).repo_id() for name in NAMES}
+CONVERT_ALL = Path(__file__).resolve().parent.parent / "conversion" / "convert_all.py"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _default_org(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RNET_HUB_ORG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def archives(sample_archive: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of ``<Name>.tar.gz`` archives, as ``--archives`` expects."""
+    folder = tmp_path_factory.mktemp("archives")
+    for name in NAMES:
+        shutil.copy(sample_archive(name), folder / f"{name}.tar.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted(archives: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``convert_all`` of ``archives`` (each test publishes from its own copy)."""
+    out = tmp_path_factory.mktemp("converted")
+    outcomes = convert_all(archives=archives, out_dir=out, names=NAMES, progress=False, echo=_quiet)
+    assert [o.error for o in outcomes] == [None, None]
+    return out
+
+
+@pytest.fixture
+def work(converted: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(converted, tmp_path / "work"))
+
+
+def _publish_args(archives: Path, work: Path, manifest: Path, *extra: str) -> list[str]:
+    return ["publish-all", "--archives", str(archives), "--only", ",".join(NAMES), "--work-dir", str(work),
+            "--manifest", str(manifest), "-q", *extra]
+
+
+def test_convert_all_skips_sources_already_converted(archives: Path, converted: Path, tmp_path: Path, capsys,
+                                                    sample_archive: Callable[..., Path]) -> None:
+    for name in NAMES:
+        folder = converted / find_arch(name).timm_arch
+        with safe_open(folder / "model.safetensors", framework="pt") as weights:
+            assert weights.metadata()["source_sha256"] == _sha256(archives / f"{name}.tar.gz")
+        assert json.loads((folder / RECORD_NAME).read_text())["weights_sha256"] == _sha256(folder /
+                                                                                            "model.safetensors")
+    work = Path(shutil.copytree(converted, tmp_path / "work"))
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*")}
+    script_main = runpy.run_path(str(CONVERT_ALL))["main"]
+    assert script_main(["--archives", str(archives), "--out", str(work), "--only", ",".join(NAMES), "-q"]) == 0
+    assert "summary: 0 converted, 2 up to date, 0 failed" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*")} == stamps  # nothing rewritten
+
+    changed = Path(shutil.copytree(archives, tmp_path / "changed"))
+    shutil.copy(sample_archive("MobileNetV3Small", seed=1), changed / "MobileNetV3Small.tar.gz")
+    outcomes = convert_all(archives=changed, out_dir=work, names=NAMES, progress=False, echo=_quiet)
+    assert [(o.spec.name, o.value.converted) for o in outcomes] == [("ResNet18", False), ("MobileNetV3Small", True)]
+    with safe_open(work / "mobilenetv3_small_100" / "model.safetensors", framework="pt") as weights:
+        assert weights.metadata()["source_sha256"] == _sha256(changed / "MobileNetV3Small.tar.gz")
+
+
+def test_dry_run_prints_the_plan_and_touches_no_network(archives: Path, work: Path, tmp_path: Path, hub_server,
+                                                        hub_client, capsys) -> None:
+    manifest = tmp_path / "manifest.json"
+    assert main(_publish_args(archives, work, manifest, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    for name, repo in REPOS.items():
+        folder = work / find_arch(name).timm_arch
+        assert "would push 3 files" in out and f"to {repo}@main in one commit; nothing uploaded" in out
+        for file in ("README.md", "config.json", "model.safetensors"):
+            path = folder / file
+            assert f"{file:<20} {path.stat().st_size:>12} bytes  sha256 {_sha256(path)}" in out
+        assert "## Provenance" in (folder / "README.md").read_text()  # the full card, as it would be pushed
+    assert "summary: 2 planned; none failed" in out
+    assert hub_server.requests == []
+    assert not manifest.exists()
+
+
+def test_dry_run_from_published_urls_downloads_nothing(tmp_path: Path, hub_server, hub_client, capsys) -> None:
+    report = publish_all(names=["VGG16"], work_dir=tmp_path / "work", manifest=tmp_path / "m.json", dry_run=True,
+                         cache_dir=tmp_path / "cache", progress=False)
+    assert report.exit_code == 0 and report.outcomes[0].value.status == "planned"
+    out = capsys.readouterr().out
+    assert "would download http://radiologynet.riteh.hr/models/VGG16.tar.gz (1239 MiB as published)" in out
+    assert hub_server.requests == [] and not (tmp_path / "cache").exists() and not (tmp_path / "work").exists()
+
+
+def test_publish_then_rerun_uploads_nothing(archives: Path, work: Path, tmp_path: Path, hub_server, hub_client,
+                                            capsys) -> None:
+    manifest = tmp_path / "manifest.json"
+    hub_server.fail_next(1, path_contains="/commit/", status=503)  # a transient failure on the first commit
+    assert main(_publish_args(archives, work, manifest)) == 0
+    assert hub_server.pending_faults() == 0
+    assert "summary: 2 published; none failed" in capsys.readouterr().out
+    api = HfApi(endpoint=hub_client.endpoint)
+    entries = read_manifest(manifest)["models"]
+    assert sorted(entries) == sorted(NAMES)
+    for name, repo in REPOS.items():
+        folder, entry = work / find_arch(name).timm_arch, entries[name]
+        commits = api.list_repo_commits(repo)
+        assert len(commits) == 2 and commits[0].commit_id == entry["commit_sha"]  # repo creation + one commit
+        assert entry["source_sha256"] == _sha256(archives / f"{name}.tar.gz")
+        assert entry["weights_sha256"] == entry["files"]["model.safetensors"]["sha256"]
+        assert 0 <= entry["parity"]["max_abs_diff"] <= entry["parity"]["tolerance"]
+        for file, recorded in entry["files"].items():
+            remote = Path(hf_hub_download(repo, file, revision=entry["commit_sha"], cache_dir=tmp_path / "dl"))
+            assert _sha256(remote) == recorded["sha256"] == _sha256(folder / file), file
+        card = ModelCard.load(repo)
+        assert "medical-imaging" in card.data.tags and entry["source_sha256"] in card.text
+
+    commit_posts = len(hub_server.requests_to("/commit/", "POST"))
+    assert main(_publish_args(archives, work, manifest)) == 0
+    out = capsys.readouterr().out
+    assert out.count("already holds identical files (sha256 compared); nothing uploaded") == 2
+    assert "summary: 2 unchanged; none failed" in out
+    assert len(hub_server.requests_to("/commit/", "POST")) == commit_posts
+    assert read_manifest(manifest)["models"] == entries
+
+
+def test_one_failing_model_does_not_stop_the_others(archives: Path, work: Path, tmp_path: Path, hub_server,
+                                                    hub_client, capsys) -> None:
+    broken = Path(shutil.copytree(archives, tmp_path / "broken"))
+    data = (broken / "ResNet18.tar.gz").read_bytes()
+    (broken / "ResNet18.tar.gz").write_bytes(data[: len(data) // 2])  # truncated download
+    manifest = tmp_path / "manifest.json"
+    args = _publish_args(broken, work, manifest)
+    args[args.index("--only") + 1] = "ResNet18,DenseNet121,MobileNetV3Small"  # DenseNet121.tar.gz is missing
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "summary: 1 published; 2 failed (ResNet18, DenseNet121)" in out
+    assert "ResNet18.tar.gz is not a complete archive" in out
+    assert "no such checkpoint file" in out and "DenseNet121.tar.gz" in out
+    assert list(read_manifest(manifest)["models"]) == ["MobileNetV3Small"]
+    api = HfApi(endpoint=hub_client.endpoint)
+    assert api.repo_exists(REPOS["MobileNetV3Small"]) and not api.repo_exists(REPOS["ResNet18"])
+
+
+def test_verify_by_pinned_commit_passes_and_a_tampered_remote_fails(archives: Path, work: Path, tmp_path: Path,
+                                                                   sample_archive: Callable[..., Path], hub_server,
+                                                                   hub_client, capsys) -> None:
+    manifest = tmp_path / "manifest.json"
+    report = publish_all(archives=archives, names=["ResNet18"], work_dir=work, manifest=manifest, verify_after=True,
+                         progress=False, echo=_quiet)
+    assert report.exit_code == 0
+    entry = read_manifest(manifest)["models"]["ResNet18"]
+    assert entry["verified_at_commit"]["passed"] is True
+    published = entry["commit_sha"]
+    archive = archives / "ResNet18.tar.gz"
+
+    other = convert(sample_archive("ResNet18", seed=1), tmp_path / "other", progress=False).out_dir
+    tampered = push_folder(other, repo_id=REPOS["ResNet18"]).commit_sha  # a different model over the published one
+    assert tampered != published
+
+    assert verify_published(REPOS["ResNet18"], revision=published, against=archive, progress=False).passed
+    failed = verify_published(REPOS["ResNet18"], revision=tampered, against=archive, progress=False)
+    assert not failed.passed and failed.max_abs_diff > failed.tolerance
