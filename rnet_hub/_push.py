@@ -92,7 +92,7 @@ class PushResult:
 def plan_upload(folder: str | os.PathLike[str]) -> tuple[LocalFile, ...]:
     """The files a push of ``folder`` uploads (hidden files and folders left out), with sha256.
 
-    Raises ``ValueError`` unless ``folder`` is a converted model folder.
+    Raises ``FileNotFoundError``/``ValueError`` unless ``folder`` is a converted model folder.
     """
     from huggingface_hub.utils.sha import sha_fileobj
 
@@ -121,6 +121,7 @@ def push_folder(folder: str | os.PathLike[str], *, repo_id: str, revision: str |
     identical files nothing is uploaded (``PushResult.changed`` is False). ``dry_run`` only
     lists the files and touches no network.
     """
+    from huggingface_hub import constants
     from huggingface_hub.utils import validate_repo_id
 
     validate_repo_id(repo_id)
@@ -130,6 +131,8 @@ def push_folder(folder: str | os.PathLike[str], *, repo_id: str, revision: str |
     target = revision or "main"
     if dry_run:
         return PushResult(repo_id, target, files, dry_run=True, changed=False)
+    if constants.is_offline_mode():
+        raise PushError("HF_HUB_OFFLINE is set, so nothing can be pushed; unset it, or use --dry-run to see the plan")
     message = commit_message or f"Upload {read_config(folder)['architecture']} converted with rnet-hub"
     with _hub_errors(repo_id):
         return _push(Path(folder), files, _api(endpoint, token), repo_id=repo_id, target=target,
@@ -284,10 +287,11 @@ def _status(exc: BaseException) -> int | None:
 def _is_transient(exc: BaseException) -> bool:
     """5xx/408/429 answers and dropped, reset or timed-out connections: worth another attempt."""
     import httpx2
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     network = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError, ConnectionError,
                TimeoutError)
-    return _status(exc) in _RETRY_STATUS or isinstance(exc, network)
+    return _status(exc) in _RETRY_STATUS or (isinstance(exc, network) and not isinstance(exc, OfflineModeIsEnabled))
 
 
 def _describe(exc: BaseException) -> str:

@@ -180,3 +180,11 @@ def test_without_any_token_the_error_says_how_to_log_in(folder, hub_client, hub_
 
 def test_retry_waits_grow_exponentially_up_to_the_cap():
     assert list(RetryPolicy(attempts=6, base_wait_s=1, max_wait_s=8).waits()) == [1, 2, 4, 8, 8, None]
+
+
+def test_offline_mode_refuses_to_push_without_trying(folder, hub_client, hub_server, capsys):
+    with hub_client.offline():
+        assert main(["push", str(folder), "--repo-id", REPO]) == 2
+        assert main(["push", str(folder), "--repo-id", REPO, "--dry-run"]) == 0
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    assert hub_server.requests == []
