@@ -7,17 +7,21 @@ publishing mechanics, never about the real RadiologyNET weights.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import runpy
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from safetensors import safe_open
 
+from rnet_hub import _table
 from rnet_hub._batch import RECORD_NAME, convert_all
 from rnet_hub._convert import convert
 from rnet_hub._publish import publish_all, read_manifest, verify_published
@@ -191,3 +195,44 @@ def test_verify_by_pinned_commit_passes_and_a_tampered_remote_fails(archives: Pa
     assert verify_published(REPOS["ResNet18"], revision=published, against=archive, progress=False).passed
     failed = verify_published(REPOS["ResNet18"], revision=tampered, against=archive, progress=False)
     assert not failed.passed and failed.max_abs_diff > failed.tolerance
+
+
+@pytest.fixture
+def archive_server(archives: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``archives`` served over HTTP on 127.0.0.1, standing in for the authors' download site."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(archives)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(_table, "ARCHIVE_BASE_URL", base)
+    yield base
+    server.shutdown()
+    server.server_close()
+
+
+def test_publishing_from_the_published_urls(archives: Path, work: Path, tmp_path: Path, archive_server: str,
+                                            hub_server, hub_client) -> None:
+    manifest = tmp_path / "manifest.json"
+    report = publish_all(names=["ResNet18"], work_dir=work, manifest=manifest, cache_dir=tmp_path / "cache",
+                         progress=False, echo=_quiet)
+    assert report.exit_code == 0
+    entry = read_manifest(manifest)["models"]["ResNet18"]
+    url = f"{archive_server}/ResNet18.tar.gz"
+    assert entry["source"] == url and entry["source_sha256"] == _sha256(archives / "ResNet18.tar.gz")
+    card = " ".join(ModelCard.load(REPOS["ResNet18"]).text.split())
+    assert f"`ResNet18.tar.gz` downloaded from <{url}>" in card
+    assert f"published by the authors at <{url}>" in card
+
+
+def test_dry_run_from_urls_shows_an_earlier_conversion(work: Path, tmp_path: Path, hub_server, hub_client,
+                                                       capsys) -> None:
+    report = publish_all(names=["ResNet18"], work_dir=work, manifest=tmp_path / "m.json", dry_run=True,
+                         cache_dir=tmp_path / "cache", progress=False)
+    assert report.exit_code == 0
+    out = capsys.readouterr().out
+    weights = work / "resnet18" / "model.safetensors"
+    assert f"model.safetensors    {weights.stat().st_size:>12} bytes  sha256 {_sha256(weights)}" in out
+    assert hub_server.requests == [] and not (tmp_path / "cache").exists()
