@@ -177,6 +177,45 @@ def _add_publish_all(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_publish_all)
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from ._embed import embed
+
+    try:
+        report = embed(args.inputs, model=args.model, out=args.out, batch_size=args.batch_size,
+                       num_workers=args.num_workers, resume=args.resume, stage=args.stage, faithful=args.faithful,
+                       device=args.device, progress=not args.quiet)
+    except ImportError as exc:  # an optional extra, e.g. OpenCV for --faithful
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "embed", help="embeddings of every image (DICOM, PNG, JPEG, ...) in files and folders",
+        description="Walk the inputs, read DICOM (recognised by its header; windowed as in pretraining, one "
+                    "image per frame and window) and ordinary images, batch them through the model's pooled "
+                    "features and write STEM.npy (float32 rows) + STEM.csv (path, SOPInstanceUID, frame, window, "
+                    "rule), and STEM.parquet when pyarrow is installed. Unreadable files are listed in "
+                    "STEM.errors.csv and skipped.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files and folders (walked recursively)")
+    parser.add_argument("--model", required=True,
+                        help="a converted folder or a model name (radiologynet/resnet50, ResNet50, resnet50, ...)")
+    parser.add_argument("--out", type=Path, default=Path("embeddings"),
+                        help="output stem: writes STEM.npy, STEM.csv, STEM.json (default: embeddings)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--num-workers", type=int, help="file-reading processes (default: CPUs - 1, at most 4)")
+    parser.add_argument("--resume", action="store_true", help="keep STEM's rows, embed only the files not listed")
+    parser.add_argument("--stage", type=int, metavar="K",
+                        help="embed feature stage K (0 = earliest) averaged over space, not the pooled features")
+    parser.add_argument("--faithful", action="store_true",
+                        help="the exact pretraining resize chain (letterbox to 224, then OpenCV to the native size)")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cmd_embed)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo,
     _add_sample_archive,
@@ -184,6 +223,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_verify,
     _add_push,
     _add_publish_all,
+    _add_embed,
 ]
 
 
