@@ -42,6 +42,7 @@ class Prepared:
     parity_max_abs_diff: float | None  # None only when the caller did not ask for it on a reused folder
     parity_tolerance: float | None
     converted: bool  # False: an earlier conversion of the same source was reused
+    converted_with: dict[str, str] | None = None  # rnet_hub/torch/timm versions of the conversion, when recorded
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,15 @@ def _local_source(source: str, cache_dir: Path | None, progress: bool) -> Path:
 
 
 def _converted_from(folder: Path) -> tuple[str | None, str | None]:
-    """``(source_sha256, hf_hub_id)`` of an existing converted folder, ``(None, None)`` when there is none."""
-    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+    """``(source_sha256, hf_hub_id)`` of an existing converted folder, ``(None, None)`` when there is none.
+
+    Refuses a folder that exists but is not a converted one: converting would replace it.
+    """
+    if not folder.exists():
         return None, None
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise FileExistsError(f"{folder} exists and is not a converted model folder, so it will not be replaced; "
+                              f"move it away or choose another output folder")
     from safetensors import safe_open
 
     with safe_open(folder / WEIGHTS_NAME, framework="pt") as weights:
@@ -126,40 +133,64 @@ def _read_record(folder: Path, weights_sha256: str, source_sha256: str) -> dict 
 
 def _write_record(folder: Path, *, source_sha256: str, weights_sha256: str, max_abs_diff: float,
                   tolerance: float) -> None:
+    from .cards import converter_versions
+
     record = {"source_sha256": source_sha256, "weights_sha256": weights_sha256,
-              "parity": {"max_abs_diff": max_abs_diff, "tolerance": tolerance}}
+              "parity": {"max_abs_diff": max_abs_diff, "tolerance": tolerance}, "converted_with": converter_versions()}
     (folder / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def prepare(spec: ArchSpec, source: str, folder: Path, *, repo_id: str, cache_dir: Path | None = None,
             progress: bool = True, need_parity: bool = True, echo: Echo = print) -> Prepared:
-    """Convert ``source`` into ``folder``, unless the folder already holds a conversion of the same source."""
-    from ._convert import convert, verify
+    """Convert ``source`` into ``folder``, unless the folder already holds a conversion of the same source.
 
+    With ``need_parity``, a reused folder without a matching record is re-verified against the source.
+    """
     local = _local_source(source, cache_dir, progress)
     source_sha = sha256_of(local)
-    previous_sha, previous_repo = _converted_from(folder)
-    if previous_sha != source_sha or previous_repo != repo_id:
-        result = convert(local, folder, arch=spec.name, repo_id=repo_id, overwrite=True, progress=progress)
-        _write_record(folder, source_sha256=source_sha, weights_sha256=result.weights_sha256,
-                      max_abs_diff=result.parity.max_abs_diff, tolerance=result.parity.tolerance)
-        echo(f"  converted {source} (sha256 {source_sha}) -> {folder}: {result.parity}")
-        return Prepared(spec, folder, source, source_sha, result.weights_sha256, result.parity.max_abs_diff,
-                        result.parity.tolerance, converted=True)
-    weights_sha = sha256_of(folder / WEIGHTS_NAME)
+    if _converted_from(folder) != (source_sha, repo_id):
+        return _convert_fresh(spec, source, local, folder, source_sha=source_sha, repo_id=repo_id,
+                              progress=progress, echo=echo)
     echo(f"  up to date: {folder} was converted from the same source (sha256 {source_sha})")
+    weights_sha = sha256_of(folder / WEIGHTS_NAME)
     record = _read_record(folder, weights_sha, source_sha)
     if record is None and need_parity:
-        report = verify(folder, local, progress=progress)
-        if not report.passed:
-            raise AssertionError(f"{folder} no longer reproduces {source}: {report}; convert it again")
-        _write_record(folder, source_sha256=source_sha, weights_sha256=weights_sha,
-                      max_abs_diff=report.max_abs_diff, tolerance=report.tolerance)
-        echo(f"  re-verified: {report}")
-        record = {"parity": {"max_abs_diff": report.max_abs_diff, "tolerance": report.tolerance}}
+        record = _reverify(folder, local, source_sha=source_sha, weights_sha=weights_sha, progress=progress,
+                           echo=echo)
     parity = (record or {}).get("parity", {})
     return Prepared(spec, folder, source, source_sha, weights_sha, parity.get("max_abs_diff"),
-                    parity.get("tolerance"), converted=False)
+                    parity.get("tolerance"), converted=False, converted_with=(record or {}).get("converted_with"))
+
+
+def _convert_fresh(spec: ArchSpec, source: str, local: Path, folder: Path, *, source_sha: str, repo_id: str,
+                   progress: bool, echo: Echo) -> Prepared:
+    from ._convert import convert
+
+    result = convert(local, folder, arch=spec.name, repo_id=repo_id, overwrite=True, progress=progress)
+    _write_record(folder, source_sha256=source_sha, weights_sha256=result.weights_sha256,
+                  max_abs_diff=result.parity.max_abs_diff, tolerance=result.parity.tolerance)
+    echo(f"  converted {source} (sha256 {source_sha}) -> {folder}: {result.parity}")
+    return Prepared(spec, folder, source, source_sha, result.weights_sha256, result.parity.max_abs_diff,
+                    result.parity.tolerance, converted=True, converted_with=_recorded_versions(folder))
+
+
+def _reverify(folder: Path, local: Path, *, source_sha: str, weights_sha: str, progress: bool,
+              echo: Echo) -> dict | None:
+    """Measure the parity of a folder that has no record of it (converted outside a batch), and record it."""
+    from ._convert import verify
+
+    report = verify(folder, local, progress=progress)
+    if not report.passed:
+        raise AssertionError(f"{folder} does not reproduce {local.name}: {report}; convert it again")
+    _write_record(folder, source_sha256=source_sha, weights_sha256=weights_sha, max_abs_diff=report.max_abs_diff,
+                  tolerance=report.tolerance)
+    echo(f"  re-verified: {report}")
+    return _read_record(folder, weights_sha, source_sha)
+
+
+def _recorded_versions(folder: Path) -> dict[str, str] | None:
+    path = folder / RECORD_NAME
+    return json.loads(path.read_text()).get("converted_with") if path.is_file() else None
 
 
 def source_url(source: str) -> str | None:

@@ -149,7 +149,7 @@ def _reuse_for_dry_run(spec: ArchSpec, source: str, folder: Path) -> Prepared:
     record = json.loads((folder / RECORD_NAME).read_text())
     parity = record["parity"]
     return Prepared(spec, folder, source, record["source_sha256"], record["weights_sha256"], parity["max_abs_diff"],
-                    parity["tolerance"], converted=False)
+                    parity["tolerance"], converted=False, converted_with=record.get("converted_with"))
 
 
 def _write_card(prepared: Prepared, repo_id: str) -> None:
@@ -160,7 +160,7 @@ def _write_card(prepared: Prepared, repo_id: str) -> None:
         raise ValueError(f"{prepared.folder}: no parity figure recorded; convert it again")
     card = build_card_for_folder(prepared.folder, parity_max_abs_diff=prepared.parity_max_abs_diff,
                                  parity_tolerance=prepared.parity_tolerance, repo_id=repo_id,
-                                 source_url=source_url(prepared.source))
+                                 source_url=source_url(prepared.source), converted_with=prepared.converted_with)
     card.save(prepared.folder / "README.md")
 
 

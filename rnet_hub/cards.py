@@ -16,7 +16,7 @@ conversion: pass ``base_model`` (the RadiologyNET repository it started from), i
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from . import __version__
 from ._table import PRETRAINING_NUM_CLASSES, ArchSpec, find_arch
 
-__all__ = ["CARD_TAGS", "TEMPLATE_NAME", "build_card", "build_card_for_folder", "card_metadata", "template_path"]
+__all__ = ["CARD_TAGS", "TEMPLATE_NAME", "build_card", "build_card_for_folder", "card_metadata", "converter_versions",
+           "template_path"]
 
 TEMPLATE_NAME = "radiologynet.md"
 CARD_TAGS = ("timm", "transformers", "image-classification", "image-feature-extraction", "medical-imaging",
@@ -70,10 +71,16 @@ def _checked_base_model(spec: ArchSpec, base_model: str | None, finetuned: bool)
     return base
 
 
+def converter_versions() -> dict[str, str]:
+    """The versions a conversion made now is made with (recorded in the card's provenance)."""
+    return {"rnet_hub": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
 def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str, source_sha256: str,
                parity_max_abs_diff: float, parity_tolerance: float | None = None, source_url: str | None = None,
                num_classes: int = PRETRAINING_NUM_CLASSES, label_names: Sequence[str] | None = None,
-               base_model: str | None = None, task: str | None = None) -> ModelCard:
+               base_model: str | None = None, task: str | None = None,
+               converted_with: Mapping[str, str] | None = None) -> ModelCard:
     """The full model card of one converted model.
 
     Args:
@@ -86,6 +93,8 @@ def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str, source_s
             names, ``base_model`` or ``task`` make the card a fine-tune's card.
         base_model: the RadiologyNET repository a fine-tune started from (default ``spec.repo_id()``).
         task: one line saying what a fine-tuned head predicts.
+        converted_with: ``rnet_hub``/``torch``/``timm`` versions of the conversion (default: these,
+            see :func:`converter_versions`); pass the recorded ones when the card is written later.
     """
     spec = spec if isinstance(spec, ArchSpec) else find_arch(spec)
     if label_names is not None and len(label_names) != num_classes:
@@ -98,7 +107,8 @@ def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str, source_s
         "label_names": list(label_names) if label_names is not None else None,
         **_table_values(spec),
         **_provenance_values(source_name=source_name, source_sha256=source_sha256, source_url=source_url,
-                             parity_max_abs_diff=parity_max_abs_diff, parity_tolerance=parity_tolerance),
+                             parity_max_abs_diff=parity_max_abs_diff, parity_tolerance=parity_tolerance,
+                             versions={**converter_versions(), **(converted_with or {})}),
     }
     metadata = card_metadata(spec, base_model=base)
     template = _checked_template(set(values) | set(metadata.to_dict()))
@@ -110,12 +120,13 @@ def _table_values(spec: ArchSpec) -> dict[str, Any]:
             "input_size": spec.input_size, "classifier": spec.classifier, "original_url": spec.archive_url}
 
 
-def _provenance_values(*, source_name: str, source_sha256: str, source_url: str | None,
-                       parity_max_abs_diff: float, parity_tolerance: float | None) -> dict[str, Any]:
+def _provenance_values(*, source_name: str, source_sha256: str, source_url: str | None, parity_max_abs_diff: float,
+                       parity_tolerance: float | None, versions: Mapping[str, str]) -> dict[str, Any]:
     return {"source_name": source_name, "source_sha256": source_sha256, "source_url": source_url,
             "parity_max_abs_diff": float(parity_max_abs_diff),
             "parity_tolerance": None if parity_tolerance is None else float(parity_tolerance),
-            "converter_version": __version__, "torch_version": torch.__version__, "timm_version": timm.__version__}
+            "converter_version": versions["rnet_hub"], "torch_version": versions["torch"],
+            "timm_version": versions["timm"]}
 
 
 def _checked_template(provided: set[str]) -> str:
@@ -146,8 +157,8 @@ def _weights_metadata(folder: Path) -> dict[str, str]:
 
 def build_card_for_folder(folder: str | os.PathLike[str], *, parity_max_abs_diff: float,
                           parity_tolerance: float | None = None, repo_id: str | None = None,
-                          source_url: str | None = None, base_model: str | None = None,
-                          task: str | None = None) -> ModelCard:
+                          source_url: str | None = None, base_model: str | None = None, task: str | None = None,
+                          converted_with: Mapping[str, str] | None = None) -> ModelCard:
     """The card of an existing converted folder, read from its ``config.json`` and safetensors metadata.
 
     ``repo_id`` defaults to the ``hf_hub_id`` recorded at conversion.
@@ -166,4 +177,5 @@ def build_card_for_folder(folder: str | os.PathLike[str], *, parity_max_abs_diff
     return build_card(config["architecture"], repo_id=repo, source_name=metadata.get("source_file", "unknown"),
                       source_sha256=metadata["source_sha256"], parity_max_abs_diff=parity_max_abs_diff,
                       parity_tolerance=parity_tolerance, source_url=source_url, num_classes=config["num_classes"],
-                      label_names=config.get("label_names"), base_model=base_model, task=task)
+                      label_names=config.get("label_names"), base_model=base_model, task=task,
+                      converted_with=converted_with)

@@ -130,14 +130,16 @@ def test_card_for_a_converted_folder_reads_its_provenance(converted_dir, tmp_pat
     folder = converted_dir("MobileNetV3Small")
     with safe_open(folder / "model.safetensors", framework="pt") as weights:
         source_sha = weights.metadata()["source_sha256"]
+    versions = {"rnet_hub": "0.0.9", "torch": "2.4.0", "timm": "1.0.20"}  # as recorded when it was converted
     card = _saved_and_loaded(build_card_for_folder(folder, parity_max_abs_diff=1.5e-7, parity_tolerance=1e-3,
-                                                   source_url="http://example.invalid/MobileNetV3Small.tar.gz"),
-                             tmp_path)
+                                                   source_url="http://example.invalid/MobileNetV3Small.tar.gz",
+                                                   converted_with=versions), tmp_path)
     text = " ".join(card.text.split())
     assert f"| source sha256 | `{source_sha}` |" in text
     assert "`MobileNetV3Small.tar.gz` downloaded from <http://example.invalid/MobileNetV3Small.tar.gz>" in text
     assert 'hf-hub:radiologynet/mobilenetv3_small_100"' in text  # the repo id recorded in config.json
     assert "1.500e-07" in text and "letterboxing to 224 first" not in text  # 224-input model
+    assert "| converter | rnet_hub 0.0.9, torch 2.4.0, timm 1.0.20 |" in text
 
 
 def test_template_is_shipped_in_the_package_too() -> None:

@@ -100,11 +100,22 @@ def test_convert_all_skips_sources_already_converted(archives: Path, converted: 
         assert weights.metadata()["source_sha256"] == _sha256(changed / "MobileNetV3Small.tar.gz")
 
 
+def test_convert_all_never_replaces_a_folder_it_did_not_write(archives: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "out" / "mobilenetv3_small_100" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("my own notes")
+    (outcome,) = convert_all(archives=archives, out_dir=tmp_path / "out", names=["MobileNetV3Small"], echo=_quiet)
+    assert outcome.error is not None and "exists and is not a converted model folder" in outcome.error
+    assert notes.read_text() == "my own notes" and len(list(notes.parent.iterdir())) == 1
+
+
 def test_dry_run_prints_the_plan_and_touches_no_network(archives: Path, work: Path, tmp_path: Path, hub_server,
                                                         hub_client, capsys) -> None:
     manifest = tmp_path / "manifest.json"
+    (work / "resnet18" / RECORD_NAME).unlink()  # as after a plain `rnet-hub convert`: no parity on record
     assert main(_publish_args(archives, work, manifest, "--dry-run")) == 0
     out = capsys.readouterr().out
+    assert "re-verified: parity PASS" in out and (work / "resnet18" / RECORD_NAME).is_file()
     for name, repo in REPOS.items():
         folder = work / find_arch(name).timm_arch
         assert "would push 3 files" in out and f"to {repo}@main in one commit; nothing uploaded" in out
