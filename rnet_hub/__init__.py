@@ -1,6 +1,28 @@
-"""rnet_hub: the RadiologyNET foundation models for timm, transformers and the Hugging Face Hub."""
+"""rnet_hub: the RadiologyNET foundation models for timm, transformers and the Hugging Face Hub.
 
-from ._table import ARCHITECTURES, ArchSpec, find_arch
+Importing the package registers the ten ``<timm architecture>.radiologynet`` pretrained
+tags in timm (see :func:`register_pretrained_tags`).
+"""
 
 __version__ = "0.1.0"
-__all__ = ["ARCHITECTURES", "ArchSpec", "__version__", "find_arch"]
+
+from . import legacy
+from ._convert import ConversionResult, convert, verify
+from ._create import create_model
+from ._table import ARCHITECTURES, ArchSpec, find_arch
+from ._tags import register_pretrained_tags
+
+register_pretrained_tags()
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "ConversionResult",
+    "__version__",
+    "convert",
+    "create_model",
+    "find_arch",
+    "legacy",
+    "register_pretrained_tags",
+    "verify",
+]

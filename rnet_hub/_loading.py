@@ -18,7 +18,16 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "build_timm_on_meta", "load_timm_from_dir", "read_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "ConvertedFolderError",
+    "assign_state",
+    "build_timm_on_meta",
+    "ensure_materialised",
+    "load_timm_from_dir",
+    "read_config",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -46,6 +55,11 @@ def build_timm_on_meta(architecture: str, **kwargs: Any) -> nn.Module:
 def assign_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load ``state_dict`` into a meta-built model by assignment and check nothing stayed on meta."""
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    return ensure_materialised(model)
+
+
+def ensure_materialised(model: nn.Module) -> nn.Module:
+    """Fail if any parameter or buffer is still on the meta device (i.e. was never filled)."""
     leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftovers:
         raise RuntimeError(f"tensors not filled by the checkpoint: {leftovers[:5]}")
