@@ -166,19 +166,19 @@ def test_timm_snippets_of_a_published_card_run_against_the_hub(converted_dir, hu
     build_card_for_folder(folder, parity_max_abs_diff=0.0).save(folder / "README.md")
     push_folder(folder, repo_id=spec.repo_id())
     timm_blocks = [b for b in _python_blocks(ModelCard.load(spec.repo_id()).text)  # the card as the Hub serves it
-                   if "import timm" in b and "import rnet_hub" not in b]
-    assert len(timm_blocks) == 2
+                   if "import timm" in b]
+    assert len(timm_blocks) == 3  # hf-hub id, pretrained tag, num_classes/in_chans/features_only
     grey = np.random.default_rng(0).integers(0, 256, size=(180, 260), dtype=np.uint8)  # not square: letterboxed
     Image.fromarray(grey).save(tmp_path / "image.png")
-    script = "\n".join([*timm_blocks, "import json", "print(json.dumps(cluster_scores[0].tolist()))",
-                        "print(grey(torch.zeros(1, 1, 224, 224)).shape[1])"])
+    heads = "print(grey(torch.zeros(1, 1, 224, 224)).shape[1], model(torch.zeros(1, 3, 224, 224)).shape[1])"
+    script = "\n".join([*timm_blocks, "import json", "print(json.dumps(cluster_scores[0].tolist()))", heads])
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=hub_client.env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    features_line, scores_line, grey_classes = done.stdout.strip().splitlines()[-3:]
+    features_line, scores_line, classes_line = done.stdout.strip().splitlines()[-3:]
     info = timm.create_model(spec.timm_arch, features_only=True).feature_info
     assert features_line == f"{info.channels()} {info.reduction()}"  # features_only loaded from the Hub
-    assert grey_classes == "36"
+    assert classes_line == "36 4"  # in_chans=1 keeps the 36-cluster head; the tag snippet's new 4-class head
 
     local = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config(model=local))
