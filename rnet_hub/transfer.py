@@ -13,11 +13,14 @@ Algorithm
    ``model.safetensors`` file, a Hub id (``hf-hub:org/name[@rev]`` or ``org/name``), a state
    dict or a module. Source keys that share storage (the DenseNet wrapper's ``features.*``
    and ``model.features.*``) form one *source tensor*.
-2. **Name the source in every scheme.** When its keys are exactly (apart from the head)
-   one of the ten architectures in legacy-wrapper, torchvision or timm naming, each tensor
+2. **Name the source in every scheme.** When its keys are exactly (apart from the head and
+   a prefix all keys share, like ``module.``) one of the ten architectures in legacy-wrapper,
+   torchvision or timm naming, each tensor
    also gets its name in the other two schemes: ``_keymap.legacy_to_timm`` one way, its
    inverse (built once per architecture from a meta-device wrapper, key names only) the
-   other. The documented reshapes come with the renames: VGG16 ``classifier.0``/``.3``
+   other. The architecture named by a converted folder's config, a checkpoint's
+   ``model_name``, a legacy wrapper or a timm model's ``pretrained_cfg`` is tried first.
+   The documented reshapes come with the renames: VGG16 ``classifier.0``/``.3``
    (Linear) <-> ``pre_logits.fc1``/``.fc2`` (7x7 / 1x1 conv), MobileNetV3 ``classifier.0``
    (Linear) <-> ``conv_head`` (1x1 conv). torchvision names are the legacy names without the
    wrapper's ``model.`` prefix.
@@ -39,17 +42,24 @@ Algorithm
 
    A tensor is only ever copied into a target of the same shape (the reshapes of step 2 give
    the source tensor the target's shape first); a same-name, other-shape pair is reported as
-   a shape mismatch. A source tensor fills at most one target tensor; targets that share
-   storage (DenseNet's duplicated modules) are filled together.
+   a shape mismatch, and the rest of that layer is left untouched too (no layer is ever
+   half-loaded, e.g. a bias without its weight). A source tensor fills at most one target
+   tensor; targets that share storage (DenseNet's duplicated modules) are filled together.
 4. **Check, then copy.** ``strict`` and ``min_coverage`` are checked before anything is
    written, so a refused transfer leaves the target as it was.
+
+The rule that filled each target is in the report: ``exact``, ``original fallback``,
+``prefix`` (the source's own names under a target prefix), ``legacy names``/``torchvision
+names``/``timm names`` (a key map), ``... (_ read as .)``, or ``suffix``.
 
 Coverage is the fraction of the target's parameter and persistent buffer *elements* that
 were filled, each shared storage counted once. ``num_batches_tracked`` counters are
 transferred and listed like any tensor but do not count towards coverage (they are training
 step counters, not weights; counting them would let an all-BatchNorm miss look covered).
 
-The *classifier* that ``strict`` allows to stay untouched is: for a timm model, the module
+``strict`` refuses when any target parameter or buffer outside the classifier (counters
+excepted) would stay untouched: BatchNorm statistics matter as much as weights. The
+*classifier* it allows to stay untouched is: for a timm model, the module
 ``get_classifier()`` returns (else ``pretrained_cfg['classifier']``); for a legacy wrapper,
 its head (``ArchSpec.legacy_head``, both DenseNet copies); otherwise the last ``nn.Linear``.
 A segmentation model has no classifier in this sense: pass its encoder (``unet.encoder``)
@@ -59,6 +69,7 @@ as the target to demand a complete body.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -69,9 +80,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import safetensors.torch
 import torch
 from torch import nn
 
+from . import legacy
+from ._keymap import legacy_to_timm
+from ._loading import CONFIG_NAME, WEIGHTS_NAME, read_config
+from ._source import SourceError, find_state_dict, open_legacy_checkpoint
 from ._table import ARCHITECTURES, ArchSpec, UnknownArchitectureError, find_arch
 
 __all__ = ["ShapeMismatch", "TransferError", "TransferReport", "TransferredTensor", "transfer_weights"]
@@ -79,6 +95,8 @@ __all__ = ["ShapeMismatch", "TransferError", "TransferReport", "TransferredTenso
 logger = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
+#: A guess at the source's architecture and naming scheme (from a config, checkpoint metadata or module).
+Hint = tuple[ArchSpec, str] | None
 Source = str | os.PathLike[str] | Mapping[str, Any] | nn.Module
 
 #: The naming schemes a recognised source is expressed in, in the order they are tried.
@@ -182,13 +200,12 @@ def _examples(items: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- reading the source
 @contextlib.contextmanager
-def _open_source(source: Source) -> Iterator[tuple[StateDict, str, ArchSpec | None]]:
-    """Yield ``(state dict, description, architecture hint)``; tensors are valid inside the block."""
+def _open_source(source: Source) -> Iterator[tuple[StateDict, str, Hint]]:
+    """Yield ``(state dict, description, hint)``; tensors are valid inside the block."""
     if isinstance(source, nn.Module):
-        yield _tensors(source.state_dict(), type(source).__name__), f"{type(source).__name__} module", None
+        name = type(source).__name__
+        yield _tensors(source.state_dict(), name), f"{name} module", _module_hint(source)
     elif isinstance(source, Mapping):
-        from ._source import find_state_dict
-
         state = find_state_dict(source, "the state dict")
         yield state, f"state dict ({len(state)} tensors)", None
     elif isinstance(source, (str, os.PathLike)):
@@ -197,6 +214,21 @@ def _open_source(source: Source) -> Iterator[tuple[StateDict, str, ArchSpec | No
     else:
         raise TypeError(f"cannot read weights from a {type(source).__name__}; pass a legacy archive or .pth, a "
                         f"converted folder, a model.safetensors file, a Hub id, a state dict or an nn.Module")
+
+
+def _module_hint(module: nn.Module) -> Hint:
+    """A legacy wrapper knows its architecture; a timm model names it in ``pretrained_cfg``."""
+    if isinstance(module, legacy.LegacyWrapper):
+        return module.spec, "legacy"
+    cfg = getattr(module, "pretrained_cfg", None)
+    return _spec_hint(cfg.get("architecture") if isinstance(cfg, Mapping) else None, "timm")
+
+
+def _spec_hint(name: object, scheme: str) -> Hint:
+    try:
+        return (find_arch(name), scheme) if isinstance(name, str) else None
+    except UnknownArchitectureError:
+        return None
 
 
 def _tensors(state: Mapping[str, Any], name: str) -> StateDict:
@@ -216,9 +248,8 @@ def _looks_like_hub_id(source: str | os.PathLike[str]) -> bool:
 
 
 @contextlib.contextmanager
-def _open_path_source(source: str | os.PathLike[str]) -> Iterator[tuple[StateDict, str, ArchSpec | None]]:
-    from ._source import open_legacy_checkpoint
-
+def _open_path_source(source: str | os.PathLike[str]) -> Iterator[tuple[StateDict, str, Hint]]:
+    """A Hub id, a converted folder or ``.safetensors`` file, else a legacy archive/``.pth``/URL."""
     if _looks_like_hub_id(source):
         state, hint = _read_converted(_resolve_hub_source(os.fspath(source)))
         yield state, os.fspath(source), hint
@@ -229,7 +260,8 @@ def _open_path_source(source: str | os.PathLike[str]) -> Iterator[tuple[StateDic
         yield state, path.name, hint
         return
     with open_legacy_checkpoint(source, progress=False) as checkpoint:
-        yield checkpoint.state_dict, checkpoint.source_name, None
+        hint = _spec_hint(checkpoint.metadata.get("model_name"), "legacy")
+        yield checkpoint.state_dict, checkpoint.source_name, hint
 
 
 
@@ -239,47 +271,31 @@ def _resolve_hub_source(name: str) -> Path:
     ``name`` is ``hf-hub:org/repo``, ``org/repo`` or either with ``@revision``.
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    from ._loading import CONFIG_NAME, WEIGHTS_NAME
-    from ._source import SourceError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
     repo_id, _, revision = name.removeprefix("hf-hub:").partition("@")
     try:
         for filename in (CONFIG_NAME, WEIGHTS_NAME):
             path = hf_hub_download(repo_id, filename, revision=revision or None)
-    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError) as exc:
+    except (EntryNotFoundError, HfHubHTTPError) as exc:
         raise SourceError(f"could not get {name!r} from the Hugging Face Hub ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0]}); check the repository id and your connection, or pass "
                           f"a local converted folder instead") from exc
     return Path(path).parent
 
 
-def _read_converted(path: Path) -> tuple[StateDict, ArchSpec | None]:
+def _read_converted(path: Path) -> tuple[StateDict, Hint]:
     """The weights of a converted folder or ``.safetensors`` file, and the architecture its config names."""
-    import json
-
-    import safetensors.torch
-
-    from ._loading import CONFIG_NAME, WEIGHTS_NAME, read_config
-
     if path.is_dir():
         config = read_config(path)
         weights = path / WEIGHTS_NAME
     else:
         if not path.is_file():
-            from ._source import SourceError
-
             raise SourceError(f"no such weights file: {path}")
         config_path = path.parent / CONFIG_NAME
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         weights = path
-    state = safetensors.torch.load_file(weights, device="cpu")
-    try:
-        hint = find_arch(str(config["architecture"])) if "architecture" in config else None
-    except UnknownArchitectureError:
-        hint = None
-    return state, hint
+    return safetensors.torch.load_file(weights, device="cpu"), _spec_hint(config.get("architecture"), "timm")
 
 
 # ----------------------------------------------------------------------------- naming schemes
@@ -300,9 +316,6 @@ def _rows(spec: ArchSpec) -> tuple[_Row, ...]:
     Tensors are matched by identity (a reshaped timm tensor is a view of its legacy
     parameter), so the inverse map needs nothing but the forward one.
     """
-    from . import legacy
-    from ._keymap import legacy_to_timm
-
     state = legacy.build_on_meta(spec).state_dict(keep_vars=True)
     by_id: dict[int, list[str]] = defaultdict(list)
     for key, tensor in state.items():
@@ -332,14 +345,12 @@ def _is_counter(key: str) -> bool:
 
 @cache
 def _signature(spec: ArchSpec, scheme: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of ``spec`` in ``scheme`` without its classification head and counters."""
-    head = _head_names(spec, scheme)
-    if scheme == "timm":
-        from ._loading import build_timm_on_meta
+    """Key -> shape of ``spec`` in ``scheme`` without its classification head and counters.
 
-        state = build_timm_on_meta(spec.timm_arch, **spec.model_args).state_dict()
-        return {k: tuple(v.shape) for k, v in state.items() if not _is_counter(k) and k.rpartition(".")[0] not in head}
-    return {name: row.legacy_shape
+    timm's keys come from the key map, which conversion checks to be exactly timm's state dict.
+    """
+    head = _head_names(spec, scheme)
+    return {name: (row.timm_shape if scheme == "timm" else row.legacy_shape)
             for row in _rows(spec) for name in _row_names(row, scheme)
             if not _is_counter(name) and name.rpartition(".")[0] not in head}
 
@@ -352,19 +363,22 @@ def _head_names(spec: ArchSpec, scheme: str) -> set[str]:
     return {plain, f"model.{plain}"} if scheme == "legacy" else {plain}
 
 
-def _identify(state: StateDict, hint: ArchSpec | None) -> tuple[ArchSpec, str] | None:
-    """The architecture and scheme whose body keys and shapes ``state`` has exactly, if any.
+def _candidates(hint: Hint) -> Iterator[tuple[ArchSpec, str]]:
+    """(architecture, scheme) pairs to try: the hinted ones first (usually right, and saves building others)."""
+    if hint:
+        yield hint
+        yield from ((hint[0], s) for s in SCHEMES[1:] if s != hint[1])
+    yield from ((spec, s) for spec in ARCHITECTURES if not hint or spec != hint[0] for s in SCHEMES[1:])
 
-    ``hint`` comes from a converted folder's config, so timm names are tried first for it
-    (for ResNet they coincide with torchvision's).
-    """
+
+def _identify(state: StateDict, hint: Hint) -> tuple[ArchSpec, str] | None:
+    """The architecture and scheme whose body keys and shapes ``state`` has exactly, if any."""
     shapes = {k: tuple(v.shape) for k, v in state.items() if not _is_counter(k)}
-    for spec in ([hint] if hint else []) + [s for s in ARCHITECTURES if s != hint]:
-        for scheme in ("timm", "legacy", "torchvision") if spec == hint else SCHEMES[1:]:
-            head = _head_names(spec, scheme)
-            body = {k: s for k, s in shapes.items() if k.rpartition(".")[0] not in head}
-            if body == _signature(spec, scheme):
-                return spec, scheme
+    for spec, scheme in _candidates(hint):
+        head = _head_names(spec, scheme)
+        body = {k: s for k, s in shapes.items() if k.rpartition(".")[0] not in head}
+        if body == _signature(spec, scheme):
+            return spec, scheme
     return None
 
 
@@ -407,7 +421,7 @@ def _common_prefixes(keys: list[str]) -> Iterator[str]:
         prefix += f"{heads.pop()}."
 
 
-def _recognise(state: StateDict, hint: ArchSpec | None) -> tuple[ArchSpec, str, dict[str, str]] | None:
+def _recognise(state: StateDict, hint: Hint) -> tuple[ArchSpec, str, dict[str, str]] | None:
     """``(spec, scheme, name -> source key)`` of the recognised architecture, after stripping a shared prefix."""
     for prefix in _common_prefixes(list(state)):
         names = {k[len(prefix):]: k for k in state}
@@ -417,7 +431,7 @@ def _recognise(state: StateDict, hint: ArchSpec | None) -> tuple[ArchSpec, str, 
     return None
 
 
-def _name_schemes(state: StateDict, hint: ArchSpec | None) -> tuple[dict[str, dict[str, _SourceTensor]], str | None]:
+def _name_schemes(state: StateDict, hint: Hint) -> tuple[dict[str, dict[str, _SourceTensor]], str | None]:
     """Every name each source tensor has: its own key, and its legacy/torchvision/timm names when recognised."""
     groups = _storage_groups(state)
     schemes = {"source": {k: _SourceTensor(k, groups[k], v) for k, v in state.items()}}
@@ -471,9 +485,7 @@ class _Target:
 
 def _classifier_modules(model: nn.Module) -> set[str]:
     """Module names of the target's classifier (see the module docstring for the rule)."""
-    from .legacy import LegacyWrapper
-
-    if isinstance(model, LegacyWrapper):
+    if isinstance(model, legacy.LegacyWrapper):
         return _head_names(model.spec, "legacy")
     names: dict[int, list[str]] = defaultdict(list)
     for name, module in model.named_modules(remove_duplicate=False):

@@ -15,24 +15,25 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
 from torch import nn
 
 from rnet_hub import legacy
+from rnet_hub._keymap import legacy_to_timm
 from rnet_hub._loading import WEIGHTS_NAME, load_timm_from_dir
 from rnet_hub._source import open_legacy_checkpoint
-from rnet_hub._table import find_arch
+from rnet_hub._table import ArchSpec, find_arch
 from rnet_hub.transfer import TransferError, TransferReport, transfer_weights
-
-smp = pytest.importorskip("segmentation_models_pytorch")
 
 Fixture = Callable[..., Path]
 
 
-def _batch(size: int = 224, seed: int = 0) -> torch.Tensor:
-    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+def _batch(size: int = 128) -> torch.Tensor:
+    """One small image: the networks are fully convolutional up to the head, so any size exercises every tensor."""
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
 def _on_cpu_uninitialised(build: Callable[[], nn.Module]) -> nn.Module:
@@ -111,7 +112,58 @@ def test_unet_timm_universal_encoder_from_legacy_archive(sample_archive: Fixture
     assert transfer_weights(sample_archive("ResNet50"), unet.encoder, strict=True).coverage == 1.0
 
 
+def test_smp_loading_the_converted_encoder_itself_agrees_with_transfer(converted_dir: Fixture) -> None:
+    """The README's other route: smp's ``tu-`` encoder with timm reading the folder (``hf-hub:`` works alike)."""
+    folder = converted_dir("ResNet18")
+    by_timm = smp.Unet(f"tu-local-dir:{folder}", encoder_weights=True, classes=2)
+    by_transfer = smp.Unet("tu-resnet18", encoder_weights=None, classes=2)
+
+    assert transfer_weights(folder, by_transfer.encoder, strict=True).coverage == 1.0
+    expected = by_timm.encoder.state_dict()
+    assert all(torch.equal(t, expected[k]) for k, t in by_transfer.encoder.state_dict().items())
+
+
 # ----------------------------------------------------------------------------- legacy and torchvision targets
+def _random_legacy(spec: ArchSpec) -> nn.Module:
+    model = _on_cpu_uninitialised(lambda: legacy.build(spec))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) if tensor.is_floating_point() else 3)
+    return model
+
+
+def _torchvision_model(spec: ArchSpec) -> nn.Module:
+    kwargs = {"aux_logits": True, "init_weights": False} if spec.family == "inception" else {}
+    return _on_cpu_uninitialised(lambda: getattr(torchvision.models, spec.torchvision_fn)(**kwargs))
+
+
+#: one architecture per family; VGG16 has its own test (its tensors are large)
+ROUND_TRIP = ["ResNet18", "DenseNet121", "InceptionV3", "EfficientNetB3", "MobileNetV3Large"]
+
+
+@pytest.mark.parametrize("spec", [find_arch(n) for n in ROUND_TRIP], ids=ROUND_TRIP)
+def test_key_maps_round_trip_legacy_timm_torchvision(spec: ArchSpec) -> None:
+    """legacy -> timm -> torchvision -> legacy gives the legacy tensors back; timm's are the converter's."""
+    source = _random_legacy(spec)
+    as_timm = _on_cpu_uninitialised(lambda: timm.create_model(spec.timm_arch, num_classes=36, **spec.model_args))
+
+    assert transfer_weights(source, as_timm, strict=True).coverage == 1.0
+    converted = legacy_to_timm(spec, source.state_dict())
+    assert all(torch.equal(t, converted[k]) for k, t in as_timm.state_dict().items())
+
+    as_torchvision = _torchvision_model(spec)
+    transfer_weights(as_timm, as_torchvision, strict=spec.family != "inception")  # timm has no AuxLogits
+    back = _on_cpu_uninitialised(lambda: legacy.build(spec))
+    report = transfer_weights(as_torchvision, back)
+
+    original = source.state_dict()
+    differ = [k for k, t in back.state_dict().items() if not torch.equal(t, original[k])]
+    # only the 1000-class torchvision head, and InceptionV3's aux head that timm does not have
+    assert all(k in report.classifier_keys or ".AuxLogits." in f".{k}" for k in differ)
+
+
+
 def test_legacy_densenet_from_converted_folder(converted_dir: Fixture, legacy_state) -> None:
     wrapper = legacy.build("DenseNet121", num_classes=2).eval()
 
@@ -141,7 +193,7 @@ def test_torchvision_efficientnet_b3_from_converted_folder(converted_dir: Fixtur
 
     assert report.untouched_target_keys == ["classifier.1.weight", "classifier.1.bias"]  # 1000 vs 36 classes
     assert {t.rule for t in report.transferred} == {"legacy names"}
-    batch = _batch(300)
+    batch = _batch(160)
     with legacy_state("EfficientNetB3") as state, torch.no_grad():
         reference = legacy.build_with_state(state, "EfficientNetB3", 36)
         # same torchvision modules, same weights, same input: bit-identical (tolerance 0)
