@@ -21,45 +21,22 @@ Usage: python benchmarks/convert.py [--arch VGG16 --arch ResNet50] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _measure import fp32_model_bytes, median_runs, python_output
 
 TIME_TARGET = 1.2
 MEMORY_TARGET = 1.6
 
 
-def run_measured(command: list[str] | str, *, shell: bool = False) -> tuple[float, int]:
-    """Wall seconds and peak RSS bytes of one child process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, shell=shell, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{command} failed: {process.stderr.read().decode()[-2000:]}")
-    process.stderr.close()
-    return wall, usage.ru_maxrss * 1024
-
-
-def fp32_model_bytes(arch: str) -> int:
-    from rnet_hub import legacy
-
-    model = legacy.build_on_meta(arch)
-    return 4 * sum(p.numel() for p in model.parameters())
-
-
 def bench(arch: str, workdir: Path, repeats: int) -> dict[str, float]:
-    from rnet_hub._sample import write_sample_archive
-
     archive = workdir / f"{arch}.tar.gz"
     if not archive.exists():
         print(f"writing the {arch} stand-in archive with optimizer state ...", flush=True)
-        write_sample_archive(arch, archive, with_optimizer=True)
+        python_output(f"from rnet_hub._sample import write_sample_archive as w; w({arch!r}, {str(archive)!r})")
     out = workdir / f"{arch}-converted"
     commands = {
         "gzip": (f"gzip -dc {archive} > /dev/null", True),
@@ -67,14 +44,7 @@ def bench(arch: str, workdir: Path, repeats: int) -> dict[str, float]:
         "convert": ([sys.executable, "-m", "rnet_hub.cli", "convert", str(archive), "--out", str(out),
                      "--overwrite", "-q"], False),
     }
-    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
-    for name, (command, shell) in commands.items():  # warm-up: page cache, pyc files
-        run_measured(command, shell=shell)
-    for _ in range(repeats):
-        for name, (command, shell) in commands.items():
-            samples[name].append(run_measured(command, shell=shell))
-    median = {name: (statistics.median(w for w, _ in s), statistics.median(r for _, r in s))
-              for name, s in samples.items()}
+    median = median_runs(commands, repeats)
     model_bytes = fp32_model_bytes(arch)
     return {
         "archive_mib": archive.stat().st_size / 2**20,
