@@ -28,6 +28,7 @@ import torch
 from . import __version__, legacy
 from ._card import write_short_card
 from ._config import build_config
+from ._create import resolve_model_dir
 from ._detect import detect_architecture
 from ._keymap import check_against, legacy_to_timm
 from ._loading import CONFIG_NAME, WEIGHTS_NAME, build_timm_on_meta, load_timm_from_dir, read_config
@@ -172,7 +173,12 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
 
 def verify(model_dir: str | os.PathLike[str], against: str | os.PathLike[str], *,
            cache_dir: Path | None = None, progress: bool = True) -> ParityReport:
-    """Rerun the parity check of an existing converted folder against its source checkpoint."""
+    """Rerun the parity check of a converted folder against its source checkpoint.
+
+    ``model_dir`` may also be a Hub id, pinned or not (``hf-hub:radiologynet/resnet50@<sha>``):
+    the folder is downloaded at that revision first.
+    """
+    model_dir = resolve_model_dir(model_dir)
     config = read_config(model_dir)
     spec = find_arch(config["architecture"])
     with open_legacy_checkpoint(against, cache_dir=cache_dir, progress=progress) as checkpoint:

@@ -110,7 +110,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
         "verify", help="rerun the parity check of a converted folder against its source",
         description="Run the original wrapper topology on SOURCE's weights and the converted model in "
                     "MODEL_DIR on the same batch and compare logits. Exit status 1 when they differ.")
-    parser.add_argument("model_dir", help="converted folder")
+    parser.add_argument("model_dir", help="converted folder, or a Hub id such as hf-hub:radiologynet/resnet50@<sha>")
     parser.add_argument("--against", required=True, help="the source archive, .pth or URL")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_verify)
