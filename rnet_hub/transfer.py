@@ -132,6 +132,9 @@ class ShapeMismatch(NamedTuple):
     target_shape: tuple[int, ...]
     source_shape: tuple[int, ...]
 
+    def __str__(self) -> str:
+        return f"{self.target} {self.target_shape} <- {self.source} {self.source_shape}"
+
 
 @dataclass(frozen=True)
 class TransferReport:
@@ -172,7 +175,7 @@ class TransferReport:
 
     def summary(self) -> str:
         """The one-line summary that is also logged."""
-        return (f"transferred {len(self.transferred)} tensors from {self.source}: coverage {self.coverage:.1%}, "
+        return (f"transferred {len(self.transferred)} tensors from {self.source}: coverage {_percent(self.coverage)}, "
                 f"{len(self.shape_mismatches)} shape mismatches, {len(self.untouched_target_keys)} target tensors "
                 f"untouched, {len(self.unused_source_keys)} source tensors unused")
 
@@ -180,17 +183,23 @@ class TransferReport:
         rules = Counter(t.rule for t in self.transferred)
         rows = [
             ("source", self.source + (f" [{self.source_arch}]" if self.source_arch else "")),
-            ("coverage", f"{self.coverage:.1%} of target elements ({self.filled_elements:,} / "
+            ("coverage", f"{_percent(self.coverage)} of target elements ({self.filled_elements:,} / "
                          f"{self.total_elements:,})"),
             ("transferred", f"{len(self.transferred)}" + (" (" + ", ".join(
                 f"{rule}: {n}" for rule, n in rules.most_common()) + ")" if rules else "")),
-            ("shape mismatches", _examples([f"{m.target} {m.target_shape} <- {m.source} {m.source_shape}"
-                                            for m in self.shape_mismatches])),
+            ("shape mismatches", _examples([str(m) for m in self.shape_mismatches])),
             ("untouched target", _examples(self.untouched_target_keys)
              + f" [{len(self.untouched_target_keys) - len(self.untouched_outside_classifier)} in the classifier]"),
             ("unused source", _examples(self.unused_source_keys)),
         ]
         return "\n".join(f"{name:<17} {value}" for name, value in rows)
+
+
+def _percent(fraction: float) -> str:
+    """One decimal, but never "100.0%" for a partial fill nor "0.0%" for a non-empty one."""
+    if 0.0 < fraction < 1.0:
+        fraction = min(max(fraction, 0.001), 0.999)
+    return f"{fraction:.1%}"
 
 
 def _examples(items: list[str]) -> str:
@@ -323,6 +332,9 @@ def _rows(spec: ArchSpec) -> tuple[_Row, ...]:
     timm_of: dict[int, tuple[str, tuple[int, ...]]] = {}
     for key, tensor in legacy_to_timm(spec, state).items():
         base = tensor if id(tensor) in by_id else tensor._base
+        if base is None or id(base) not in by_id:
+            raise RuntimeError(f"the {spec.name} key map made a new tensor for {key}; it must pass tensors "
+                               f"through or reshape them as views")
         timm_of[id(base)] = (key, tuple(tensor.shape))
     rows = []
     for ident, keys in by_id.items():
@@ -682,13 +694,15 @@ def _check(report: TransferReport, target: _Target, strict: bool, min_coverage: 
         missing = [k for k in report.untouched_target_keys if k in target.checked]
         if missing:
             shown = ", ".join(missing[:_SHOWN]) + (", ..." if len(missing) > _SHOWN else "")
+            mismatches = "; ".join(str(m) for m in report.shape_mismatches[:3])
             raise TransferError(
                 f"strict transfer refused: {len(missing)} target tensors outside the classifier would stay "
-                f"untouched ({shown}); coverage would be {report.coverage:.1%}, "
-                f"{len(report.shape_mismatches)} shape mismatches. Use a target whose body matches the source "
-                f"(for a U-Net pass unet.encoder), or strict=False to accept a partial transfer", report)
+                f"untouched ({shown}); coverage would be {_percent(report.coverage)}"
+                + (f"; shape mismatches: {mismatches}" if mismatches else "")
+                + ". Pass a target whose layers match the source (for a segmentation model, its encoder), "
+                  "or strict=False to accept a partial transfer", report)
     if min_coverage is not None and report.coverage < min_coverage:
-        raise TransferError(f"transfer refused: coverage {report.coverage:.1%} is below min_coverage "
+        raise TransferError(f"transfer refused: coverage {_percent(report.coverage)} is below min_coverage "
                             f"{min_coverage:.1%} ({report.summary()})", report)
 
 
@@ -714,6 +728,9 @@ def transfer_weights(source: Source, target: nn.Module, *, strict: bool = False,
         raise ValueError(f"min_coverage must be a fraction between 0 and 1, got {min_coverage}")
     plan = _Plan(_Target.of(target))
     with _open_source(source) as (state, description, hint):
+        empty = [k for k, v in state.items() if v.is_meta]
+        if empty:
+            raise ValueError(f"the source has tensors on the meta device (e.g. {empty[0]}): they hold no weights")
         schemes, source_arch = _name_schemes(state, hint)
         for rule in _RULES:
             rule(plan, schemes)

@@ -112,6 +112,21 @@ def test_unet_timm_universal_encoder_from_legacy_archive(sample_archive: Fixture
     assert transfer_weights(sample_archive("ResNet50"), unet.encoder, strict=True).coverage == 1.0
 
 
+def test_one_channel_unet_first_conv_is_a_reported_mismatch(converted_dir: Fixture) -> None:
+    unet = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=2)
+    before = _snapshot(unet)
+
+    with pytest.raises(TransferError, match=r"\(conv1\.weight\); coverage would be 99\.9%; shape mismatches: "
+                                            r"conv1\.weight \(64, 1, 7, 7\) <- conv1\.weight \(64, 3, 7, 7\)"):
+        transfer_weights(converted_dir("ResNet18"), unet.encoder, strict=True)
+    _assert_unchanged(unet, before)
+
+    report = transfer_weights(converted_dir("ResNet18"), unet.encoder)
+    assert report.untouched_target_keys == ["conv1.weight"]
+    assert 0.999 < report.coverage < 1.0
+    assert "99.9% of target elements" in str(report)  # never rounded up to 100.0%
+
+
 def test_smp_loading_the_converted_encoder_itself_agrees_with_transfer(converted_dir: Fixture) -> None:
     """The README's other route: smp's ``tu-`` encoder with timm reading the folder (``hf-hub:`` works alike)."""
     folder = converted_dir("ResNet18")
