@@ -683,7 +683,7 @@ def _report(plan: _Plan, state: StateDict, description: str, source_arch: str | 
         shape_mismatches=[m for k, m in plan.mismatches.items() if k in left],
         unused_source_keys=[k for k in state if source_groups[k] not in plan.used],
         untouched_target_keys=untouched,
-        classifier_keys=sorted(target.classifier, key=list(target.tensors).index),
+        classifier_keys=[k for k in target.tensors if k in target.classifier],
         filled_elements=sum(n for g, n in counted.items() if g in plan.filled),
         total_elements=sum(counted.values()),
     )
