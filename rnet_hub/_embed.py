@@ -347,7 +347,7 @@ class _Batcher:
         batch, rest = pending[:count], pending[count:]
         self.images = [rest] if len(rest) else []
         with torch.inference_mode():
-            out = self.forward(batch.to(self.device))
+            out = self.forward(batch.to(self.device).contiguous(memory_format=torch.channels_last))
         self.ready.append(out.float().cpu().numpy())
         self.ready_rows = self.rows[: len(self.ready_rows) + count]
         self._flush_whole_files()
@@ -391,7 +391,7 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
     report = EmbedReport(npy=paths.npy, csv=paths.csv, already_done=len(files) - len(todo))
     net = _load_model(model)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = net.to(target).eval()
+    net = net.to(target, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     transform = create_transform(net, faithful=faithful)
     meta["input"] = {k: transform.config[k] for k in ("input_size", "interpolation", "crop_mode", "mean", "std")}
     batcher = _Batcher(_forward_fn(net, stage), writer, batch_size, target)
