@@ -158,27 +158,33 @@ def test_template_variable_without_a_value_is_refused(tmp_path: Path, monkeypatc
                    parity_max_abs_diff=0.0)
 
 
-def test_timm_snippets_of_a_published_card_run_against_the_hub(converted_dir, hub_client, tmp_path: Path) -> None:
+def test_timm_and_unet_snippets_of_a_published_card_run_against_the_hub(converted_dir, hub_client,
+                                                                      tmp_path: Path) -> None:
     from rnet_hub._push import push_folder
 
     spec = ARCHITECTURES[-1]  # MobileNetV3Small: the smallest upload
     folder = Path(shutil.copytree(converted_dir(spec.name), tmp_path / spec.timm_arch))
     build_card_for_folder(folder, parity_max_abs_diff=0.0).save(folder / "README.md")
     push_folder(folder, repo_id=spec.repo_id())
-    timm_blocks = [b for b in _python_blocks(ModelCard.load(spec.repo_id()).text)  # the card as the Hub serves it
-                   if "import timm" in b]
-    assert len(timm_blocks) == 3  # hf-hub id, pretrained tag, num_classes/in_chans/features_only
+    blocks = _python_blocks(ModelCard.load(spec.repo_id()).text)  # the card as the Hub serves it
+    timm_blocks = [b for b in blocks if "import timm" in b]
+    unet_blocks = [b for b in blocks if "smp.Unet" in b]
+    assert len(timm_blocks) == 3 and len(unet_blocks) == 1  # hf-hub id, tag, variants; U-Net transfer
     grey = np.random.default_rng(0).integers(0, 256, size=(180, 260), dtype=np.uint8)  # not square: letterboxed
     Image.fromarray(grey).save(tmp_path / "image.png")
-    heads = "print(grey(torch.zeros(1, 1, 224, 224)).shape[1], model(torch.zeros(1, 3, 224, 224)).shape[1])"
-    script = "\n".join([*timm_blocks, "import json", "print(json.dumps(cluster_scores[0].tolist()))", heads])
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=hub_client.env(), capture_output=True,
-                          text=True, timeout=300)
+    checks = ["import json", "print('scores', json.dumps(cluster_scores[0].tolist()))",
+              "print('heads', grey(torch.zeros(1, 1, 224, 224)).shape[1], model(torch.zeros(1, 3, 224, 224)).shape[1])",
+              "print('untouched', sorted({key.split('.')[0] for key in report.untouched_target_keys}))"]
+    done = subprocess.run([sys.executable, "-c", "\n".join([*timm_blocks, *unet_blocks, *checks])], cwd=tmp_path,
+                          env=hub_client.env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    features_line, scores_line, classes_line = done.stdout.strip().splitlines()[-3:]
+    lines = done.stdout.splitlines()
+    features_line = next(line for line in lines if line.startswith("["))  # printed by the card's own snippet
+    scores_line, classes_line, untouched_line = (line.split(" ", 1)[1] for line in lines[-3:])
     info = timm.create_model(spec.timm_arch, features_only=True).feature_info
     assert features_line == f"{info.channels()} {info.reduction()}"  # features_only loaded from the Hub
     assert classes_line == "36 4"  # in_chans=1 keeps the 36-cluster head; the tag snippet's new 4-class head
+    assert untouched_line == "['decoder', 'segmentation_head']"  # the whole encoder came from the Hub model
 
     local = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config(model=local))
