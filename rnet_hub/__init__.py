@@ -23,6 +23,9 @@ __all__ = [
     "create_model",
     "find_arch",
     "legacy",
+    "TransferError",
+    "TransferReport",
     "register_pretrained_tags",
+    "transfer_weights",
     "verify",
 ]
