@@ -11,6 +11,7 @@ from ._convert import ConversionResult, convert, verify
 from ._create import create_model
 from ._table import ARCHITECTURES, ArchSpec, find_arch
 from ._tags import register_pretrained_tags
+from .transfer import TransferError, TransferReport, transfer_weights
 
 register_pretrained_tags()
 
