@@ -223,3 +223,36 @@ def test_failed_parity_leaves_nothing(monkeypatch, sample_archive, tmp_path):
     with pytest.raises(ParityError, match="does not reproduce the original"):
         convert(sample_archive("ResNet18"), out, progress=False)
     assert not (tmp_path / "new").exists()
+
+
+_PEAK_CHILD = """
+import sys
+from rnet_hub._source import open_legacy_checkpoint
+
+def peak():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident size
+start = peak()
+with open_legacy_checkpoint(sys.argv[1], progress=False) as checkpoint:
+    assert sum(float(t.double().sum()) for t in checkpoint.state_dict.values()) == sum(
+        float(t.double().sum()) for t in checkpoint.state_dict.values())
+print(peak() - start)
+"""
+
+
+def test_optimizer_state_is_never_read_into_memory(sample_archive):
+    """An archive with AdamW state (3x the model) costs no more memory to open than one without."""
+    import subprocess
+    import sys
+
+    def peak_growth(archive: Path) -> int:
+        result = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(archive)], check=True,
+                                capture_output=True, text=True)
+        return int(result.stdout.strip().splitlines()[-1])
+
+    model_bytes = 4 * sum(p.numel() for p in legacy.build_on_meta("ResNet18").parameters())
+    with_optimizer = peak_growth(sample_archive("ResNet18", with_optimizer=True))
+    without = peak_growth(sample_archive("ResNet18", with_optimizer=False))
+    # reading the AdamW moments would add 2 x model_bytes; allow a fifth of one model for noise
+    assert with_optimizer - without <= 0.2 * model_bytes, (with_optimizer, without, model_bytes)
