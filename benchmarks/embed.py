@@ -2,8 +2,8 @@
 
 It writes the ResNet18 stand-in archive, converts it, and generates a folder of ``--png``
 512x512 8-bit grey PNG files and ``--dicom`` 256x256 12-bit MR DICOM files (smooth images
-with noise, a window in each DICOM). Then it runs, alternately, ``--repeats`` times (after
-one warm-up of each), each as a fresh process so both pay the same start-up:
+with noise, a window in each DICOM). Then it runs, in turn, ``--repeats`` times after one
+warm-up round (``_measure.median_runs``), each as a fresh process so both pay the start-up:
 
 * ``rnet-hub embed FOLDER --model DIR``: every PNG and DICOM file, default workers and batch;
 * a plain loop over the PNG files only: ``timm.create_model("local-dir:DIR")``, timm's eval
@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _measure import median_runs
 
 TARGET = 1.0
 
@@ -96,13 +96,17 @@ def make_inputs(folder: Path, n_png: int, n_dicom: int) -> None:
         write_dicom(folder / "dicom" / f"IM{i:04d}", smooth_image(rng, 256, 4095), i)
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{command} failed:\n{done.stderr[-2000:]}")
-    return wall
+def prepare_model(workdir: Path) -> Path:
+    """The converted ResNet18 stand-in, made by the CLI in child processes (this process stays light)."""
+    model_dir = workdir / "resnet18"
+    if not model_dir.exists():
+        cli = [sys.executable, "-m", "rnet_hub.cli"]
+        archive = workdir / "ResNet18.tar.gz"
+        subprocess.run([*cli, "sample-archive", "ResNet18", "-o", str(archive), "--no-optimizer"], check=True,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run([*cli, "convert", str(archive), "--out", str(model_dir), "-q"], check=True,
+                       stdout=subprocess.DEVNULL)
+    return model_dir
 
 
 def main() -> int:
@@ -113,40 +117,27 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every child (default: torch's choice)")
     parser.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary folder)")
     args = parser.parse_args()
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
-
-    from rnet_hub._convert import convert
-    from rnet_hub._sample import write_sample_archive
-
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every child
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rnet-embed-bench-"))
     try:
-        model_dir = workdir / "resnet18"
-        if not model_dir.exists():
-            convert(write_sample_archive("ResNet18", workdir / "ResNet18.tar.gz", with_optimizer=False), model_dir,
-                    progress=False)
+        model_dir = prepare_model(workdir)
         inputs = workdir / "inputs"
         if not inputs.exists():
             make_inputs(inputs, args.png, args.dicom)
         (workdir / "baseline.py").write_text(BASELINE)
-        out = workdir / "out"
-        commands = {
-            "rnet-hub embed": [sys.executable, "-m", "rnet_hub.cli", "embed", str(inputs), "--model", str(model_dir),
-                               "--out", str(out / "emb"), "-q"],
-            "timm loop": [sys.executable, str(workdir / "baseline.py"), str(model_dir), str(inputs / "png"),
-                          str(out / "baseline.npy")],
-            "start-up: import rnet_hub.cli": [sys.executable, "-c", "import rnet_hub.cli, rnet_hub._embed"],
-            "start-up: import torch, timm": [sys.executable, "-c", "import torch, timm"],
+        out = workdir / "emb"
+        embed = shlex.join([sys.executable, "-m", "rnet_hub.cli", "embed", str(inputs), "--model", str(model_dir),
+                            "--out", str(out), "-q"])
+        commands = {  # embed refuses to overwrite its outputs: each run starts from none
+            "rnet-hub embed": (f"rm -f {shlex.quote(str(out))}.* && {embed}", True),
+            "timm loop": ([sys.executable, str(workdir / "baseline.py"), str(model_dir), str(inputs / "png"),
+                           str(workdir / "baseline.npy")], False),
+            "start-up: import rnet_hub.cli": ([sys.executable, "-c", "import rnet_hub.cli, rnet_hub._embed"], False),
+            "start-up: import torch, timm": ([sys.executable, "-c", "import torch, timm"], False),
         }
+        median = {name: wall for name, (wall, _) in median_runs(commands, args.repeats).items()}
         images = {"rnet-hub embed": args.png + args.dicom, "timm loop": args.png}
-        samples: dict[str, list[float]] = {name: [] for name in commands}
-        for repeat in range(args.repeats + 1):  # the first round warms caches and is not counted
-            for name, command in commands.items():
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir()
-                wall = timed(command, env)
-                if repeat:
-                    samples[name].append(wall)
-        median = {name: statistics.median(s) for name, s in samples.items()}
         print(f"{args.png} PNG (512x512) + {args.dicom} DICOM (256x256), ResNet18 on CPU ({os.cpu_count()} cores, "
               f"threads {args.threads or 'default'}, load average {os.getloadavg()[0]:.1f}), median of "
               f"{args.repeats} (wall seconds per process, start-up included)")
