@@ -26,15 +26,16 @@ import safetensors.torch
 import torch
 
 from . import __version__, legacy
-from ._card import write_short_card
 from ._config import build_config
 from ._create import resolve_model_dir
 from ._detect import detect_architecture
+from ._download import is_url
 from ._keymap import check_against, legacy_to_timm
 from ._loading import CONFIG_NAME, WEIGHTS_NAME, build_timm_on_meta, load_timm_from_dir, read_config
 from ._parity import ParityError, ParityReport, compare_logits, parity_input, run_logits
 from ._source import LegacyCheckpoint, open_legacy_checkpoint
 from ._table import ArchSpec, find_arch
+from .cards import build_card
 
 __all__ = ["ConversionResult", "OutputExistsError", "convert", "verify"]
 
@@ -164,8 +165,10 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
                                                           parity_input(spec.input_size)), spec.input_size)
             if not parity.passed:
                 raise ParityError(f"{spec.name}: the converted model does not reproduce the original; {parity}")
-            write_short_card(staging, spec, repo_id=repo, source_name=checkpoint.source_name,
-                             source_sha256=checkpoint.sha256, parity=parity, num_classes=num_classes)
+            build_card(spec, repo_id=repo, source_name=checkpoint.source_name, source_sha256=checkpoint.sha256,
+                       parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
+                       source_url=str(source) if is_url(str(source)) else None, num_classes=num_classes,
+                       label_names=names).save(staging / "README.md")
             weights_sha256 = _sha256(staging / WEIGHTS_NAME)
         return ConversionResult(out_dir=target, arch=spec, num_classes=num_classes,
                                 source_sha256=checkpoint.sha256, weights_sha256=weights_sha256, parity=parity)

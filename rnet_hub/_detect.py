@@ -80,9 +80,13 @@ def detect_architecture(state_dict: Mapping[str, torch.Tensor],
                 f"this state dict is not a legacy {spec.name}: {len(problems)} differences, e.g. "
                 f"{'; '.join(problems[:3])}. Drop --arch to detect the architecture from the keys")
         return spec, _num_classes(spec, shapes)
-    differences = {spec: _body_mismatch(spec, shapes) for spec in ARCHITECTURES}
-    for spec, problems in differences.items():
-        if not problems:
+    # Architectures whose head key is present are tried first: building a signature costs a
+    # meta-device model, so a VGG16 checkpoint should not pay for the other nine.
+    ordered = sorted(ARCHITECTURES, key=lambda s: f"{s.legacy_head}.weight" not in shapes)
+    differences: dict[ArchSpec, list[str]] = {}
+    for spec in ordered:
+        differences[spec] = _body_mismatch(spec, shapes)
+        if not differences[spec]:
             return spec, _num_classes(spec, shapes)
     closest = min(differences, key=lambda s: len(differences[s]))
     raise UnknownArchitectureError(

@@ -26,8 +26,6 @@ from rnet_hub import cards
 from rnet_hub._table import ARCHITECTURES, ArchSpec
 from rnet_hub.cards import build_card, build_card_for_folder
 
-pytest_plugins = ["hub_fixtures"]  # the loopback Hub fixtures
-
 REQUIRED_TAGS = {"timm", "transformers", "medical-imaging", "radiology", "transfer-learning",
                  "image-feature-extraction"}
 SHA = "0123456789abcdef" * 4

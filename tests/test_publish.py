@@ -29,8 +29,6 @@ from rnet_hub._push import push_folder
 from rnet_hub._table import find_arch
 from rnet_hub.cli import main
 
-pytest_plugins = ["hub_fixtures"]  # the loopback Hub fixtures
-
 NAMES = ("ResNet18", "MobileNetV3Small")
 REPOS = {name: find_arch(name).repo_id() for name in NAMES}
 CONVERT_ALL = Path(__file__).resolve().parent.parent / "conversion" / "convert_all.py"
