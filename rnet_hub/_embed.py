@@ -396,6 +396,9 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
     meta["input"] = {k: transform.config[k] for k in ("input_size", "interpolation", "crop_mode", "mean", "std")}
     batcher = _Batcher(_forward_fn(net, stage), writer, batch_size, target)
     workers = _default_workers() if num_workers is None else num_workers
+    threads = torch.get_num_threads()
+    if target.type == "cpu" and workers:
+        torch.set_num_threads(max(1, threads - workers))  # each reading worker takes a core of its own
     try:
         with progress_bar(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
             for item in _iter_items(todo, transform, workers):
@@ -408,6 +411,7 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
                 batcher.add(item)
             batcher.finish()
     finally:
+        torch.set_num_threads(threads)
         writer.close()
     report.errors_csv = _write_errors(paths, report.failed)
     if paths.npy.exists():

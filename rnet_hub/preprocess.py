@@ -22,9 +22,15 @@ linear window of :func:`apply_window`, truncated to uint8 (floor):
 * CT and XA: one frame per listed window. CT with several windows also needs
   WindowCenterWidthExplanation (0028,1055), as the exporter checked (else skipped).
 * CR: after windowing, ``255 - v`` when PresentationLUTShape is ``"INVERSE"`` or absent
-  (PhotometricInterpretation is not consulted), before the final truncation.
+  (PhotometricInterpretation is not consulted): on the float values, then truncated, when a
+  rescale is given; on the already truncated values otherwise (the exporter windowed integer
+  pixels in their own dtype). This follows the facts file; note that for *unsigned* pixels
+  without rescale tags the exporter's ``np.abs(v - 255)`` wrapped around in uint16 and
+  actually wrote ``(v + 1) mod 256``, which is not reproduced.
 * Multi-frame: MR takes each frame's window (and rescale) from the per-frame functional
-  groups; NM takes the per-frame window where present, else the top-level one; XA windows
+  groups; NM takes the per-frame window where present, else the top-level one (the
+  facts file; the exporter's code read the top-level one only, the same for NM objects,
+  which carry no functional groups); XA windows
   every frame with the top-level windows. The exporter wrote nothing for multi-frame CT, CR
   and RF, nor for MR frames without a per-frame window: those get the best-effort rule.
   Two export slips are *not* reproduced (the frames they produced were dropped or
