@@ -70,6 +70,6 @@ def load_timm_from_dir(model_dir: str | os.PathLike[str]) -> nn.Module:
     """The timm model of a converted folder, with its weights, in eval mode."""
     config = read_config(model_dir)
     model = build_timm_on_meta(config["architecture"], num_classes=config["num_classes"],
-                               **config.get("model_args", {}))
+                               pretrained_cfg=config["pretrained_cfg"], **config.get("model_args", {}))
     weights = safetensors.torch.load_file(Path(model_dir) / WEIGHTS_NAME, device="cpu")
     return assign_state(model, weights).eval()
