@@ -160,13 +160,20 @@ def _round_trip(names: tuple[str, ...], workdir: Path, sample_archive: Callable[
 def round_trip(tmp_path_factory: pytest.TempPathFactory, sample_archive: Callable[..., Path],
                converted_dir: Callable[..., Path]) -> Iterator[Callable[[str], RoundTrip]]:
     """``round_trip(name)`` -> the shared round trip of ``name``'s group (default or slow), run once."""
-    done: dict[tuple[str, ...], RoundTrip] = {}
+    done: dict[tuple[str, ...], RoundTrip | BaseException] = {}
 
     def get(name: str) -> RoundTrip:
         group = DEFAULT if name in DEFAULT else SLOW
         if group not in done:
-            done[group] = _round_trip(group, tmp_path_factory.mktemp("roundtrip"), sample_archive, converted_dir)
-        return done[group]
+            try:
+                done[group] = _round_trip(group, tmp_path_factory.mktemp("roundtrip"), sample_archive, converted_dir)
+            except Exception as error:  # remembered: the other tests of the group fail at once, not after a rerun
+                done[group] = error
+                raise
+        result = done[group]
+        if isinstance(result, BaseException):
+            pytest.fail(f"the round trip of {', '.join(group)} failed: {result}")
+        return result
 
     yield get
 
@@ -255,13 +262,16 @@ def test_pipelines_extract_features_and_classify(name, phase, round_trip):
                   "image-feature-extraction pool=True vs timm pre-logits")
     assert trip.get(phase, name, "pipe_hidden_shape") == trip.get(phase, name, "image_hidden_shape")
 
+    # the stand-in weights can saturate the softmax (scores of exactly 0 tie), so labels are checked through
+    # their probabilities: each returned label scores its own probability, and the scores are the top k
     probabilities = trip.get(phase, name, "image_logits").double().softmax(-1)[0]
-    expected_scores, expected_ids = probabilities.topk(TOP_K)
     id2label = trip.get(phase, name, "id2label")
     assert len(id2label) == 36
-    assert trip.get(phase, name, "pipe_labels") == [id2label[i] for i in expected_ids.tolist()]
+    ids = [id2label.index(label) for label in trip.get(phase, name, "pipe_labels")]
     scores = trip.get(phase, name, "pipe_scores")
-    assert torch.allclose(scores, expected_scores, rtol=0, atol=1e-5), (scores, expected_scores)
+    assert len(set(ids)) == TOP_K and ids[0] == probabilities.argmax().item()
+    assert torch.allclose(scores, probabilities[ids], rtol=0, atol=1e-5), (scores, probabilities[ids])
+    assert torch.allclose(scores, probabilities.topk(TOP_K).values, rtol=0, atol=1e-5)
     assert scores.sum().item() <= 1.0 + 1e-6 and torch.all(scores[:-1] >= scores[1:])
 
 
