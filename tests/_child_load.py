@@ -63,8 +63,20 @@ def _head_outputs(model: torch.nn.Module, x: torch.Tensor, prefix: str) -> Outpu
             f"{prefix}hidden_shape": list(features.shape)}
 
 
+def _plain_timm(job: Job, models: Models) -> Outputs:
+    """``timm.create_model("hf-hub:<id>", pretrained=True)`` on a cold cache, before rnet_hub is imported.
+
+    Plain timm users never import rnet_hub: the repository's ``config.json`` must be enough.
+    """
+    import timm
+
+    if "rnet_hub" in sys.modules:
+        raise RuntimeError("rnet_hub was imported before the plain-timm check; it must run first")
+    return {"timm_hub": timm.create_model(f"hf-hub:{job.repo_id}", pretrained=True).eval()(job.x)}
+
+
 def _timm_loaders(job: Job, models: Models) -> Outputs:
-    """``timm.create_model`` by ``hf-hub:`` id (first, on a cold cache) and by ``.radiologynet`` tag."""
+    """After ``import rnet_hub``: the ``.radiologynet`` tag, and the eval transform of the hf-hub model."""
     import timm
 
     import rnet_hub  # noqa: F401  (registers the '.radiologynet' tags)
@@ -73,7 +85,7 @@ def _timm_loaders(job: Job, models: Models) -> Outputs:
     tagged = timm.create_model(f"{job.arch}.radiologynet", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
     pixels = transform(job.image).unsqueeze(0)
-    return {"timm_hub": model(job.x), "timm_tag": tagged(job.x), "timm_pixels": pixels,
+    return {"timm_tag": tagged(job.x), "timm_pixels": pixels,
             **_head_outputs(model, job.probe, "probe_"), **_head_outputs(model, pixels, "image_")}
 
 
@@ -129,7 +141,7 @@ def _pipelines(job: Job, models: Models) -> Outputs:
 
 
 CHECKS: dict[str, Callable[[Job, Models], Outputs]] = {
-    "timm": _timm_loaders,
+    "timm": _timm_loaders,  # the plain-timm check runs before all of these, see main()
     "create": _create_model,
     "variants": _variants,
     "auto": _auto_classes,
@@ -137,24 +149,32 @@ CHECKS: dict[str, Callable[[Job, Models], Outputs]] = {
 }
 
 
+def _record(results: dict[str, Any], job: Job, check: str, run: Callable[[Job, Models], Outputs],
+            models: Models) -> None:
+    """Run one check and store its outputs under ``<arch>/<key>``, or its traceback under ``errors``."""
+    try:
+        with torch.inference_mode():
+            outputs = run(job, models)
+    except Exception:  # recorded for the parent, which fails only the tests of this check
+        results["errors"][f"{job.arch}/{check}"] = traceback.format_exc()
+        return
+    results.update({f"{job.arch}/{key}": value for key, value in outputs.items()})
+
+
 def main(job_path: str, out_path: str) -> None:
     spec = json.loads(Path(job_path).read_text())
     inputs = torch.load(spec["inputs"], weights_only=True)
     probe = torch.load(spec["probe"], weights_only=True)
     image = Image.open(spec["image"]).convert("RGB")
+    jobs = [Job(entry["arch"], entry["repo_id"], entry["revision"], inputs[entry["arch"]], probe, image,
+                spec["num_classes"], spec["top_k"]) for entry in spec["models"]]
     results: dict[str, Any] = {"errors": {}}
-    for entry in spec["models"]:
-        job = Job(entry["arch"], entry["repo_id"], entry["revision"], inputs[entry["arch"]], probe, image,
-                  spec["num_classes"], spec["top_k"])
+    for job in jobs:  # all plain-timm loads first, while rnet_hub is not imported yet
+        _record(results, job, "plain_timm", _plain_timm, {})
+    for job in jobs:
         models: Models = {}
         for check, run in CHECKS.items():
-            try:
-                with torch.inference_mode():
-                    outputs = run(job, models)
-            except Exception:  # recorded for the parent, which fails only the tests of this check
-                results["errors"][f"{job.arch}/{check}"] = traceback.format_exc()
-                continue
-            results.update({f"{job.arch}/{key}": value for key, value in outputs.items()})
+            _record(results, job, check, run, models)
     torch.save(results, out_path)
 
 

@@ -3,8 +3,9 @@
 For each architecture, a fresh Python process (``tests/_child_load.py``, environment from
 ``HubClient.env``) loads the pushed repository the ways users do:
 
-- timm: ``timm.create_model("hf-hub:radiologynet/<arch>", pretrained=True)`` on a cold cache,
-  then ``timm.create_model("<arch>.radiologynet", pretrained=True)`` (the registered tag);
+- timm: ``timm.create_model("hf-hub:radiologynet/<arch>", pretrained=True)`` on a cold cache and
+  before ``rnet_hub`` is imported (plain timm users never import it), then, after ``import rnet_hub``,
+  ``timm.create_model("<arch>.radiologynet", pretrained=True)`` (the registered tag);
 - ``rnet_hub.create_model`` on the repository id, on ``hf-hub:<id>@<commit>``, and with
   ``num_classes=N``, ``in_chans=1`` and ``features_only=True``;
 - transformers: ``AutoModelForImageClassification``, ``AutoModel``, ``AutoImageProcessor``,
@@ -56,6 +57,9 @@ VARIANT_TOLERANCE = 1e-5  # issue 3: in_chans=1 and a new head leave the body's 
 IMAGE_SIZE = (320, 200)  # wider than tall: the letterbox pads above and below
 PROBE_SIZE = 128  # the small batch for comparisons between our own models (any size works for these CNNs)
 CHILD = Path(__file__).with_name("_child_load.py")
+# The children run many small forwards; on a shared 2-core machine two OpenMP threads spent most of their time
+# spin-waiting (the default-suite child took 107 s with two threads, 28 s with one, at load 3.5).
+CHILD_ENV = {"RNET_HUB_ORG": ORG, "OMP_NUM_THREADS": "1"}
 # outputs that depend only on the weights, so the offline run must reproduce them exactly
 DETERMINISTIC = ("timm_hub", "timm_tag", "create", "probe_pre_logits", "timm_pixels", "image_logits", "gray_logits",
                  "hf_logits", "hf_pooled", "processor_pixels", "pipe_pooled", "pipe_scores")
@@ -123,6 +127,19 @@ def _refuses_connections(endpoint: str) -> bool:
     return False
 
 
+def _write_job(workdir: Path, trip: RoundTrip, specs: list[ArchSpec]) -> Path:
+    """The child's inputs (batches, image) and its job file, in ``workdir``."""
+    torch.save(trip.inputs, workdir / "inputs.pt")
+    torch.save(trip.probe, workdir / "probe.pt")
+    trip.image.save(workdir / "image.png")
+    models = [{"arch": s.timm_arch, "repo_id": _repo_id(s), "revision": trip.commits[s.name]} for s in specs]
+    job = workdir / "job.json"
+    job.write_text(json.dumps({"inputs": str(workdir / "inputs.pt"), "probe": str(workdir / "probe.pt"),
+                               "image": str(workdir / "image.png"), "models": models,
+                               "num_classes": NEW_CLASSES, "top_k": TOP_K}))
+    return job
+
+
 def _round_trip(names: tuple[str, ...], workdir: Path, sample_archive: Callable[..., Path],
                 converted_dir: Callable[..., Path]) -> RoundTrip:
     """Convert and push ``names``, then load them in a fresh process online and, server stopped, offline."""
@@ -130,29 +147,20 @@ def _round_trip(names: tuple[str, ...], workdir: Path, sample_archive: Callable[
     inputs = {spec.timm_arch: parity_input(spec.input_size, batch=2, seed=123) for spec in specs}
     legacy_logits = {s.name: _legacy_logits(sample_archive(s.name), s, inputs[s.timm_arch]) for s in specs}
     trip = RoundTrip(names, {}, legacy_logits, inputs, parity_input(PROBE_SIZE, batch=2, seed=7), _test_image())
-    torch.save(inputs, workdir / "inputs.pt")
-    torch.save(trip.probe, workdir / "probe.pt")
-    trip.image.save(workdir / "image.png")
-    hf_home = workdir / "hf_home"
-    hf_home.mkdir()
     with running_hub() as hub:
-        client = HubClient(hub, hf_home)
-        with point_clients_at(hub.endpoint, hf_home):
+        client = HubClient(hub, workdir / "hf_home")
+        client.hf_home.mkdir()
+        with point_clients_at(hub.endpoint, client.hf_home):
             for spec in specs:
                 trip.commits[spec.name] = push_folder(converted_dir(spec.name), repo_id=_repo_id(spec),
                                                       token=TEST_TOKEN).commit_sha
-        models = [{"arch": s.timm_arch, "repo_id": _repo_id(s), "revision": trip.commits[s.name]} for s in specs]
-        (workdir / "job.json").write_text(json.dumps({
-            "inputs": str(workdir / "inputs.pt"), "probe": str(workdir / "probe.pt"),
-            "image": str(workdir / "image.png"), "models": models,
-            "num_classes": NEW_CLASSES, "top_k": TOP_K}))
-        online_env = client.env(token=False, RNET_HUB_ORG=ORG)
-        offline_env = client.env(offline=True, token=False, RNET_HUB_ORG=ORG)
+        job = _write_job(workdir, trip, specs)
+        offline_env = client.env(offline=True, token=False, **CHILD_ENV)
         pushed = len(hub.requests)
-        trip.outputs["online"] = _run_child(workdir / "job.json", online_env, workdir / "online.pt")
+        trip.outputs["online"] = _run_child(job, client.env(token=False, **CHILD_ENV), workdir / "online.pt")
         trip.online_requests = hub.requests[pushed:]
     trip.server_refused_offline = _refuses_connections(hub.endpoint)
-    trip.outputs["offline"] = _run_child(workdir / "job.json", offline_env, workdir / "offline.pt")
+    trip.outputs["offline"] = _run_child(job, offline_env, workdir / "offline.pt")
     return trip
 
 
