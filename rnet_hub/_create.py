@@ -60,8 +60,11 @@ def resolve_model_dir(name: str | os.PathLike[str], *, cache_dir: str | os.PathL
         return ref
     from huggingface_hub import snapshot_download
 
+    from . import __version__
+
     return Path(snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=cache_dir,
-                                  allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+                                  allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], library_name="rnet_hub",
+                                  library_version=__version__))
 
 
 def _init_fresh(module: nn.Module) -> None:
