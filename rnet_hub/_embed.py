@@ -364,7 +364,9 @@ class _Batcher:
 
 
 def _default_workers() -> int:
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
+    """Reading workers only where cores are left over: on 2 cores, reading inline and giving the
+    model both threads measured 1.5x faster than one worker plus a one-thread model."""
+    return min(4, max(0, (os.cpu_count() or 1) // 2 - 1))
 
 
 def _model_id(name: str) -> str:
