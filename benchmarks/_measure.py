@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 Command = tuple[Sequence[str] | str, bool]  # (argv or shell string, run through the shell?)
 
@@ -52,3 +56,17 @@ def fp32_model_bytes(arch: str) -> int:
     code = (f"from rnet_hub import legacy; "
             f"print(4 * sum(p.numel() for p in legacy.build_on_meta({arch!r}).parameters()))")
     return int(python_output(code).strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def bench_workdir(kept: Path | None, prefix: str = "rnet-hub-bench-") -> Iterator[Path]:
+    """``kept`` (created if needed and left afterwards), or a temporary folder removed at the end."""
+    if kept is not None:
+        kept.mkdir(parents=True, exist_ok=True)
+        yield kept
+        return
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

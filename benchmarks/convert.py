@@ -21,12 +21,10 @@ Usage: python benchmarks/convert.py [--arch VGG16 --arch ResNet50] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from _measure import fp32_model_bytes, median_runs, python_output
+from _measure import bench_workdir, fp32_model_bytes, median_runs, python_output
 
 TIME_TARGET = 1.2
 MEMORY_TARGET = 1.6
@@ -64,10 +62,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="measured runs of each command (default 3)")
     parser.add_argument("--workdir", type=Path, help="keep archives here between runs (default: a temp folder)")
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rnet-hub-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     failed = False
-    try:
+    with bench_workdir(args.workdir) as workdir:
         for arch in args.arch or ["VGG16", "ResNet50"]:
             r = bench(arch, workdir, args.repeats)
             ok_time, ok_memory = r["time_ratio"] <= TIME_TARGET, r["memory_ratio"] <= MEMORY_TARGET
@@ -78,9 +74,6 @@ def main() -> int:
                   f"  peak RSS: import torch,timm {r['import_rss_mib']:.0f} MiB | convert "
                   f"{r['convert_rss_mib']:.0f} MiB | memory ratio {r['memory_ratio']:.2f} "
                   f"(target <= {MEMORY_TARGET}) {'ok' if ok_memory else 'MISSED'}", flush=True)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
 

@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from _measure import median_runs
+from _measure import bench_workdir, median_runs
 
 TARGET = 1.0
 
@@ -119,8 +117,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every child
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rnet-embed-bench-"))
-    try:
+    with bench_workdir(args.workdir, prefix="rnet-embed-bench-") as workdir:
         model_dir = prepare_model(workdir)
         inputs = workdir / "inputs"
         if not inputs.exists():
@@ -148,9 +145,6 @@ def main() -> int:
         print(f"ratio embed / loop (images per second): {ratio:.2f}  (target >= {TARGET}) "
               f"{'PASS' if ratio >= TARGET else 'FAIL'}")
         return 0 if ratio >= TARGET else 1
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

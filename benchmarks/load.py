@@ -23,13 +23,11 @@ Usage: python benchmarks/load.py [--arch VGG16 --arch ResNet50] [--repeats 3] [-
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
-from _measure import fp32_model_bytes, median_runs, python_output
+from _measure import bench_workdir, fp32_model_bytes, median_runs, python_output
 
 TIME_TARGET = 1.3
 MEMORY_TARGET = 1.2
@@ -92,10 +90,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="measured runs of each command (default 3)")
     parser.add_argument("--workdir", type=Path, help="keep prepared files here between runs (default: temp folder)")
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rnet-hub-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     failed = False
-    try:
+    with bench_workdir(args.workdir) as workdir:
         for arch in args.arch or ["VGG16", "ResNet50"]:
             r = bench(arch, workdir, args.repeats)
             ok_time, ok_memory = r["time_ratio"] <= TIME_TARGET, r["memory_ratio"] <= MEMORY_TARGET
@@ -108,9 +104,6 @@ def main() -> int:
                   f"  peak RSS: import {r['import_rss']:.0f} MiB | ours {r['ours_rss']:.0f} MiB | original "
                   f"{r['original_rss']:.0f} MiB | (c) (ours-import)/model {r['memory_ratio']:.2f} "
                   f"(target <= {MEMORY_TARGET}) {'ok' if ok_memory else 'MISSED'}", flush=True)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 
 
