@@ -33,7 +33,7 @@ from ._download import is_url
 from ._keymap import check_against, legacy_to_timm
 from ._loading import CONFIG_NAME, WEIGHTS_NAME, build_timm_on_meta, load_timm_from_dir, read_config
 from ._parity import ParityError, ParityReport, compare_logits, parity_input, run_logits
-from ._source import LegacyCheckpoint, open_legacy_checkpoint
+from ._source import LegacyCheckpoint, Source, open_legacy_checkpoint
 from ._table import ArchSpec, find_arch
 from .cards import build_card
 
@@ -74,11 +74,15 @@ def _check_label_names(label_names: Sequence[str] | None, num_classes: int) -> l
     return names
 
 
+def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+
+
 @contextlib.contextmanager
 def _atomic_output(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling of ``out_dir``; rename it into place only on success."""
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    _refuse_existing(out_dir, overwrite)
     created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -132,13 +136,15 @@ def _write_weights(checkpoint: LegacyCheckpoint, spec: ArchSpec, num_classes: in
     return int(timm_model.num_features)
 
 
-def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, *,
+def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
             arch: str | None = None, label_names: Sequence[str] | None = None, repo_id: str | None = None,
             overwrite: bool = False, cache_dir: Path | None = None, progress: bool = True) -> ConversionResult:
     """Convert a legacy RadiologyNET checkpoint into a verified timm/transformers folder.
 
     Args:
-        source: a ``.tar.gz``/``.tgz``/``.tar`` archive, a ``.pth``/``.pt`` file or an http(s) URL.
+        source: a ``.tar.gz``/``.tgz``/``.tar`` archive, a ``.pth``/``.pt`` file, an http(s) URL, or an
+            :class:`~rnet_hub._archive.ArchiveExtraction` already started (the CLI starts one before
+            importing torch, so the decompression overlaps the import).
         out_dir: the folder to create; default ``converted/<timm architecture>``.
         arch: the architecture (legacy name, alias or timm name); detected from the keys when omitted.
         label_names: one name per output class, stored in ``config.json`` as ``label_names``.
@@ -149,6 +155,8 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
         ParityError: the converted model does not reproduce the original logits.
         SourceError, UnknownArchitectureError, HeadShapeError, KeyMapError: bad input.
     """
+    if out_dir is not None:
+        _refuse_existing(Path(out_dir), overwrite)  # before the (long) read of the source
     with open_legacy_checkpoint(source, cache_dir=cache_dir, progress=progress) as checkpoint:
         spec, num_classes = detect_architecture(checkpoint.state_dict, arch)
         names = _check_label_names(label_names, num_classes)
@@ -167,14 +175,14 @@ def convert(source: str | os.PathLike[str], out_dir: str | os.PathLike[str] | No
                 raise ParityError(f"{spec.name}: the converted model does not reproduce the original; {parity}")
             build_card(spec, repo_id=repo, source_name=checkpoint.source_name, source_sha256=checkpoint.sha256,
                        parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
-                       source_url=str(source) if is_url(str(source)) else None, num_classes=num_classes,
-                       label_names=names).save(staging / "README.md")
+                       source_url=source if isinstance(source, str) and is_url(source) else None,
+                       num_classes=num_classes, label_names=names).save(staging / "README.md")
             weights_sha256 = _sha256(staging / WEIGHTS_NAME)
         return ConversionResult(out_dir=target, arch=spec, num_classes=num_classes,
                                 source_sha256=checkpoint.sha256, weights_sha256=weights_sha256, parity=parity)
 
 
-def verify(model_dir: str | os.PathLike[str], against: str | os.PathLike[str], *,
+def verify(model_dir: str | os.PathLike[str], against: Source, *,
            cache_dir: Path | None = None, progress: bool = True) -> ParityReport:
     """Rerun the parity check of a converted folder against its source checkpoint.
 

@@ -3,49 +3,34 @@
 Safe by construction:
 
 * every ``torch.load`` uses ``weights_only=True`` (a pickle that would run code is refused);
-* tar members are validated one by one, *before* their data is read: no absolute paths,
-  no ``..``, no links or devices, exactly one checkpoint member (at any depth). The one
-  checkpoint is copied into a private temporary folder that is removed afterwards;
-  ``tarfile.extract`` is never used, so nothing is ever written where the archive says;
+* archives are read by :class:`~rnet_hub._archive.ArchiveExtraction`, which validates every
+  tar member before reading it and copies the one checkpoint into a private folder;
 * the extracted ``.pth`` is loaded with ``mmap=True``, so the optimizer state (about two
   thirds of every published archive) is never read into memory.
-
-The archive is read once, as a stream: the sha256 of the source file is computed from the
-same bytes that are decompressed. ``isal`` (the ``fast-gzip`` extra) decompresses gzip in
-a second thread, several times faster than the standard library.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
-import io
 import os
 import pickle
-import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from ._archive import ArchiveExtraction, SourceError, file_sha256, sniff
 from ._download import download_to_cache, is_url
-from ._progress import progress_bar
 
 __all__ = ["LegacyCheckpoint", "SourceError", "UnsafeCheckpointError", "open_legacy_checkpoint"]
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 STATE_DICT_KEYS = ("model_state", "state_dict", "model_state_dict", "model", "net", "weights")
 METADATA_KEYS = ("model_name", "epoch", "time", "optimizer_name")
-_CHUNK = 8 * 1024 * 1024
-
-
-class SourceError(ValueError):
-    """A checkpoint source that cannot be read; the message says what is wrong and what to do."""
+#: What :func:`open_legacy_checkpoint` reads: a path, an http(s) URL, or an archive already being extracted.
+Source = str | os.PathLike[str] | ArchiveExtraction
 
 
 class UnsafeCheckpointError(SourceError):
@@ -66,132 +51,11 @@ class LegacyCheckpoint:
         return self.source.name
 
 
-class _HashingReader(io.RawIOBase):
-    """Wraps a binary file and hashes every byte read through it."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        count = self._raw.readinto(buffer)
-        if count:
-            self.hash.update(memoryview(buffer)[:count])
-        return count or 0
-
-    def drain(self) -> str:
-        """Hash whatever the consumer did not read and return the hex digest."""
-        while chunk := self._raw.read(_CHUNK):
-            self.hash.update(chunk)
-        return self.hash.hexdigest()
-
-
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
-    if head[257:262] == b"ustar":
-        return "tar"
-    if head[:1] == b"\x80":
-        return "pickle"
-    raise SourceError(
-        f"{path.name} is neither a .tar.gz/.tar archive nor a PyTorch checkpoint (unknown file header); "
-        f"pass a RadiologyNET archive, the .pth extracted from one, or its URL"
-    )
-
-
-def _open_gzip(raw: BinaryIO) -> BinaryIO:
-    try:
-        from isal import igzip_threaded
-    except ImportError:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    return igzip_threaded.open(raw, "rb", threads=1)
-
-
-def _checked_member_name(member: tarfile.TarInfo, archive: str) -> PurePosixPath:
-    """Refuse members that could write outside a target folder or are not plain data."""
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or member.name.startswith(("/", "\\")) or ":" in name.parts[0]:
-        raise SourceError(f"{archive} has a member with an absolute path ({member.name!r}); refusing to read it")
-    if ".." in name.parts:
-        raise SourceError(f"{archive} has a member that escapes the archive folder ({member.name!r}, "
-                          f"contains '..'); refusing to read it")
-    if member.issym() or member.islnk():
-        raise SourceError(f"{archive} has a link member ({member.name!r} -> {member.linkname!r}); "
-                          f"links can point outside the archive, so it is refused")
-    if member.isdev() or not (member.isfile() or member.isdir()):
-        raise SourceError(f"{archive} has a member that is not a regular file or folder ({member.name!r}); "
-                          f"refusing to read it")
-    return name
-
-
-def _copy_member(stream: BinaryIO, target: Path, size: int, label: str, progress: bool) -> None:
-    with open(target, "wb") as out, progress_bar(total=size, desc=label, disable=not progress) as bar:
-        while chunk := stream.read(_CHUNK):
-            out.write(chunk)
-            bar.update(len(chunk))
-
-
-def _extract_checkpoint(archive: Path, compressed: bool, workdir: Path, progress: bool) -> tuple[Path, str]:
-    """Stream the archive once: validate each member, copy the single checkpoint out.
-
-    Returns the extracted checkpoint path and the sha256 of the archive file.
-    """
-    found: Path | None = None
-    with open(archive, "rb") as raw_file:
-        hashing = _HashingReader(raw_file)
-        buffered = io.BufferedReader(hashing, _CHUNK)
-        stream = _open_gzip(buffered) if compressed else buffered
-        try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
-                for member in tar:
-                    name = _checked_member_name(member, archive.name)
-                    if not member.isfile() or not name.name.lower().endswith(CHECKPOINT_SUFFIXES):
-                        continue
-                    if found is not None:
-                        raise SourceError(
-                            f"{archive.name} holds more than one checkpoint ({found.name!r} and "
-                            f"{member.name!r}); extract the one you want and pass that .pth instead")
-                    found = workdir / name.name
-                    _copy_member(tar.extractfile(member), found, member.size, f"extract {name.name}", progress)
-            while stream.read(_CHUNK):  # read to the end so the gzip CRC is checked
-                pass
-        except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as exc:
-            raise SourceError(f"{archive.name} is not a complete archive ({exc}); it is probably truncated or "
-                              f"corrupt: delete it and download it again") from exc
-        except OSError as exc:
-            if exc.errno is not None:  # a real I/O error (disk full, ...), not a bad gzip stream
-                raise
-            raise SourceError(f"{archive.name} is not a valid gzip file ({exc}); download it again") from exc
-        finally:
-            if stream is not buffered:
-                stream.close()
-        digest = hashing.drain()
-    if found is None:
-        raise SourceError(f"{archive.name} contains no checkpoint (no member ending in "
-                          f"{', '.join(CHECKPOINT_SUFFIXES)}); is it a RadiologyNET model archive?")
-    return found, digest
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def safe_torch_load(path: Path, *, display_name: str | None = None) -> Any:
     """``torch.load`` with ``weights_only=True`` (and ``mmap`` for zip checkpoints), errors explained."""
     name = display_name or path.name
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=_sniff(path) == "zip")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=sniff(path) == "zip")
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"refused to load {name}: it contains Python objects other than tensors and plain containers, "
@@ -228,22 +92,32 @@ def resolve_source(source: str | os.PathLike[str], *, cache_dir: Path | None = N
     return path
 
 
+def _archive_extraction(source: Source, cache_dir: Path | None,
+                        progress: bool) -> contextlib.AbstractContextManager[ArchiveExtraction | Path]:
+    """An extraction for archives (the caller's own when given one), else the checkpoint's path."""
+    if isinstance(source, ArchiveExtraction):
+        return contextlib.nullcontext(source)  # the caller started it and closes it
+    path = resolve_source(source, cache_dir=cache_dir, progress=progress)
+    if sniff(path) in ("gzip", "tar"):
+        return ArchiveExtraction(path, progress=progress)
+    return contextlib.nullcontext(path)
+
+
 @contextlib.contextmanager
-def open_legacy_checkpoint(source: str | os.PathLike[str], *, cache_dir: Path | None = None,
+def open_legacy_checkpoint(source: Source, *, cache_dir: Path | None = None,
                            progress: bool = True) -> Iterator[LegacyCheckpoint]:
-    """Open a legacy checkpoint (archive, ``.pth`` or URL) for the duration of a ``with`` block.
+    """Open a legacy checkpoint (archive, ``.pth``, URL or started extraction) for a ``with`` block.
 
     The state dict's tensors are memory-mapped from a private extracted copy, which is
     deleted when the block ends: copy what must outlive it.
     """
-    path = resolve_source(source, cache_dir=cache_dir, progress=progress)
-    kind = _sniff(path)
-    with tempfile.TemporaryDirectory(prefix="rnet-hub-extract-") as workdir:
-        if kind in ("gzip", "tar"):
-            extracted, digest = _extract_checkpoint(path, kind == "gzip", Path(workdir), progress)
+    with _archive_extraction(source, cache_dir, progress) as opened:
+        if isinstance(opened, ArchiveExtraction):
+            path = opened.archive
+            extracted, digest = opened.result()
             loaded = safe_torch_load(extracted, display_name=f"{path.name}:{extracted.name}")
         else:
-            digest = _file_sha256(path)
+            path, digest = opened, file_sha256(opened)
             loaded = safe_torch_load(path)
         state_dict = find_state_dict(loaded, path.name)
         metadata = {k: loaded[k] for k in METADATA_KEYS if isinstance(loaded, Mapping) and k in loaded}
