@@ -1,8 +1,9 @@
 """Extracting the one checkpoint of a ``.tar.gz``/``.tar`` archive, safely, in one pass.
 
 This module needs neither torch nor timm, on purpose: the CLI starts an
-:class:`ArchiveExtraction` in a background thread *before* it imports them, so the
-decompression (most of a conversion's time) overlaps the 5-7 s import.
+:class:`ArchiveExtraction` in a child process *before* it imports them, so the
+decompression (most of a conversion's time) overlaps the 4-6 s import. A process, not a
+thread: the import holds the GIL for seconds, and a thread would wait for it on every block.
 
 Safe by construction:
 
@@ -12,9 +13,10 @@ Safe by construction:
   when it is closed; ``tarfile.extract`` is never used, so nothing is ever written where
   the archive says.
 
-The archive is read once, as a stream: the sha256 of the source file is computed from the
-same bytes that are decompressed. ``isal`` (the ``fast-gzip`` extra) decompresses gzip in
-a second thread, about twice as fast as the standard library.
+The archive is read as a stream, once for decompression and once, in a second thread, for
+its sha256 (both from the same open file, which must not change meanwhile). ``isal`` (the
+``fast-gzip`` extra) decompresses gzip in a third thread, about twice as fast as the
+standard library.
 """
 
 from __future__ import annotations
@@ -22,18 +24,20 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
-import threading
 import zlib
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ._progress import progress_bar
 
-__all__ = ["CHECKPOINT_SUFFIXES", "ArchiveExtraction", "SourceError", "file_sha256", "sniff"]
+__all__ = ["CHECKPOINT_SUFFIXES", "ArchiveExtraction", "SourceError", "extract_checkpoint", "file_sha256", "sniff"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 #: Read size for the archive stream and the member copy. Larger reads cost more than they
@@ -43,10 +47,6 @@ _CHUNK = 1024 * 1024
 
 class SourceError(ValueError):
     """A checkpoint source that cannot be read; the message says what is wrong and what to do."""
-
-
-class _Cancelled(Exception):
-    """The extraction was closed before it finished."""
 
 
 def sniff(path: Path) -> str:
@@ -86,7 +86,7 @@ class _HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: memoryview) -> int:
         count = self._raw.readinto(buffer)
         if count:
             self.hash.update(memoryview(buffer)[:count])
@@ -124,23 +124,74 @@ def _checked_member_name(member: tarfile.TarInfo, archive: str) -> PurePosixPath
     return name
 
 
+def extract_checkpoint(archive: Path, workdir: Path, *, progress: bool = True) -> tuple[Path, str]:
+    """Stream the archive once: validate each member, copy the single checkpoint into ``workdir``.
+
+    Returns the extracted checkpoint's path and the sha256 of the archive file.
+    """
+    with open(archive, "rb") as raw_file:
+        hashing = _HashingReader(raw_file)
+        buffered = io.BufferedReader(hashing, _CHUNK)
+        stream = _open_gzip(buffered) if sniff(archive) == "gzip" else buffered
+        try:
+            found = _copy_checkpoint_member(stream, archive.name, workdir, progress)
+            while stream.read(_CHUNK):  # read to the end so the gzip CRC is checked
+                pass
+        except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as exc:
+            raise SourceError(f"{archive.name} is not a complete archive ({exc}); it is probably truncated or "
+                              f"corrupt: delete it and download it again") from exc
+        except OSError as exc:
+            if exc.errno is not None:  # a real I/O error (disk full, ...), not a bad gzip stream
+                raise
+            raise SourceError(f"{archive.name} is not a valid gzip file ({exc}); download it again") from exc
+        finally:
+            if stream is not buffered:
+                stream.close()
+        sha256 = hashing.drain()
+    if found is None:
+        raise SourceError(f"{archive.name} contains no checkpoint (no member ending in "
+                          f"{', '.join(CHECKPOINT_SUFFIXES)}); is it a RadiologyNET model archive?")
+    return found, sha256
+
+
+def _copy_checkpoint_member(stream: BinaryIO, archive: str, workdir: Path, progress: bool) -> Path | None:
+    """Walk the tar stream, checking every member; copy the one checkpoint out."""
+    found: Path | None = None
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+        for member in tar:
+            name = _checked_member_name(member, archive)
+            if not member.isfile() or not name.name.lower().endswith(CHECKPOINT_SUFFIXES):
+                continue
+            if found is not None:
+                raise SourceError(f"{archive} holds more than one checkpoint ({found.name!r} and "
+                                  f"{member.name!r}); extract the one you want and pass that .pth instead")
+            found = workdir / name.name
+            source = tar.extractfile(member)
+            with open(found, "wb") as out, progress_bar(total=member.size, desc=f"extract {name.name}",
+                                                        disable=not progress) as bar:
+                while chunk := source.read(_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    return found
+
+
 class ArchiveExtraction:
     """The single checkpoint of a tar(.gz) archive, extracted into a private temporary folder.
 
-    Use it as a context manager. :meth:`start` runs the extraction in a background thread so
-    the caller can do other work meanwhile; :meth:`result` waits for it (or runs it in the
-    calling thread when it was never started) and re-raises its error. Leaving the ``with``
-    block stops an unfinished extraction and deletes the folder.
+    Use it as a context manager. :meth:`start` runs :func:`extract_checkpoint` in a child
+    process (``python -m rnet_hub._archive``, which imports only this module) so that the
+    caller can do other work meanwhile; :meth:`result` waits for it (or runs it in the calling process when
+    it was never started) and raises its error. Leaving the ``with`` block stops an
+    unfinished extraction and deletes the folder.
     """
 
     def __init__(self, archive: Path, *, progress: bool = True) -> None:
+        sniff(archive)  # a clear error for files that are no archive or checkpoint at all
         self.archive = archive
-        self._compressed = sniff(archive) == "gzip"
         self._progress = progress
         self._workdir = Path(tempfile.mkdtemp(prefix="rnet-hub-extract-"))
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._outcome: tuple[Path, str] | BaseException | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._outcome: tuple[Path, str] | None = None
 
     def __enter__(self) -> ArchiveExtraction:
         return self
@@ -150,85 +201,65 @@ class ArchiveExtraction:
         self.close()
 
     def start(self) -> ArchiveExtraction:
-        """Begin extracting in a background (daemon) thread; returns ``self``."""
-        if self._thread is None and self._outcome is None:
-            self._thread = threading.Thread(target=self._run, name="rnet-hub-extract", daemon=True)
-            self._thread.start()
+        """Begin extracting in a child process; returns ``self``."""
+        if self._process is None and self._outcome is None:
+            command = [sys.executable, "-m", __name__, str(self.archive), str(self._workdir)]
+            self._process = subprocess.Popen(command + (["--progress"] if self._progress else []),
+                                             stdout=subprocess.PIPE)
         return self
 
     def result(self) -> tuple[Path, str]:
         """The extracted checkpoint's path and the archive's sha256; raises what the extraction raised."""
-        if self._thread is not None:
-            self._thread.join()
-        elif self._outcome is None:
-            self._run()
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        assert self._outcome is not None
+        if self._outcome is None:
+            if self._process is None:
+                self._outcome = extract_checkpoint(self.archive, self._workdir, progress=self._progress)
+            else:
+                self._outcome = self._receive()
         return self._outcome
 
     def close(self) -> None:
         """Stop an unfinished extraction and delete the extracted file."""
-        self._cancel.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            assert self._process.stdout is not None
+            self._process.stdout.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def _run(self) -> None:
+    def _receive(self) -> tuple[Path, str]:
+        assert self._process is not None
+        answer, _ = self._process.communicate()
         try:
-            self._outcome = self._extract()
-        except BaseException as exc:  # handed to result(), in the caller's thread
-            self._outcome = exc
+            reply = json.loads(answer)
+        except ValueError:
+            raise SourceError(f"extracting {self.archive.name} stopped without an answer (exit status "
+                              f"{self._process.returncode}); run again, or pass the extracted .pth") from None
+        if "error" in reply:
+            raise _ERROR_TYPES.get(reply["type"], RuntimeError)(reply["error"])
+        return Path(reply["path"]), reply["sha256"]
 
-    def _extract(self) -> tuple[Path, str]:
-        """Stream the archive once: validate each member, copy the single checkpoint out."""
-        name = self.archive.name
-        with open(self.archive, "rb") as raw_file:
-            hashing = _HashingReader(raw_file)
-            buffered = io.BufferedReader(hashing, _CHUNK)
-            stream = _open_gzip(buffered) if self._compressed else buffered
-            try:
-                found = self._extract_from_tar(stream)
-                while stream.read(_CHUNK):  # read to the end so the gzip CRC is checked
-                    self._check_cancelled()
-            except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as exc:
-                raise SourceError(f"{name} is not a complete archive ({exc}); it is probably truncated or "
-                                  f"corrupt: delete it and download it again") from exc
-            except OSError as exc:
-                if exc.errno is not None:  # a real I/O error (disk full, ...), not a bad gzip stream
-                    raise
-                raise SourceError(f"{name} is not a valid gzip file ({exc}); download it again") from exc
-            finally:
-                if stream is not buffered:
-                    stream.close()
-            digest = hashing.drain()
-        if found is None:
-            raise SourceError(f"{name} contains no checkpoint (no member ending in "
-                              f"{', '.join(CHECKPOINT_SUFFIXES)}); is it a RadiologyNET model archive?")
-        return found, digest
 
-    def _extract_from_tar(self, stream: BinaryIO) -> Path | None:
-        found: Path | None = None
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
-            for member in tar:
-                name = _checked_member_name(member, self.archive.name)
-                if not member.isfile() or not name.name.lower().endswith(CHECKPOINT_SUFFIXES):
-                    continue
-                if found is not None:
-                    raise SourceError(
-                        f"{self.archive.name} holds more than one checkpoint ({found.name!r} and "
-                        f"{member.name!r}); extract the one you want and pass that .pth instead")
-                found = self._workdir / name.name
-                self._copy_member(tar.extractfile(member), found, member.size, f"extract {name.name}")
-        return found
+#: Errors that cross from the child process by name (anything else arrives as RuntimeError).
+_ERROR_TYPES: dict[str, type[Exception]] = {"SourceError": SourceError, "OSError": OSError}
 
-    def _copy_member(self, source: BinaryIO, target: Path, size: int, label: str) -> None:
-        with open(target, "wb") as out, progress_bar(total=size, desc=label, disable=not self._progress) as bar:
-            while chunk := source.read(_CHUNK):
-                self._check_cancelled()
-                out.write(chunk)
-                bar.update(len(chunk))
 
-    def _check_cancelled(self) -> None:
-        if self._cancel.is_set():
-            raise _Cancelled(f"extraction of {self.archive.name} was stopped")
+def _child_main(argv: list[str]) -> int:
+    """``python -m rnet_hub._archive ARCHIVE WORKDIR [--progress]``, for :meth:`ArchiveExtraction.start`.
+
+    Extracts, then prints one JSON line: ``{"path", "sha256"}`` or ``{"error", "type"}``.
+    """
+    archive, workdir, progress = Path(argv[0]), Path(argv[1]), "--progress" in argv[2:]
+    try:
+        path, digest = extract_checkpoint(archive, workdir, progress=progress)
+        answer = {"path": str(path), "sha256": digest}
+    except (SourceError, OSError) as exc:
+        answer = {"error": str(exc), "type": "SourceError" if isinstance(exc, SourceError) else "OSError"}
+    except Exception as exc:  # reported to the parent, which raises it
+        answer = {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__}
+    print(json.dumps(answer), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

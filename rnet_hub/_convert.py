@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,17 +124,22 @@ def _legacy_logits(checkpoint: LegacyCheckpoint, spec: ArchSpec, num_classes: in
     return run_logits(wrapper, parity_input(spec.input_size))
 
 
-def _write_weights(checkpoint: LegacyCheckpoint, spec: ArchSpec, num_classes: int, folder: Path) -> int:
-    """Map, check against timm and save the weights; returns timm's ``num_features``."""
+def _mapped_weights(checkpoint: LegacyCheckpoint, spec: ArchSpec,
+                    num_classes: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The source weights under timm's names, checked against timm; and timm's ``num_features``."""
     mapped = legacy_to_timm(spec, checkpoint.state_dict)
     timm_model = build_timm_on_meta(spec.timm_arch, num_classes=num_classes, **spec.model_args)
     check_against(mapped, {k: v.shape for k, v in timm_model.state_dict().items()},
                   f"{checkpoint.source_name} ({spec.name} -> {spec.timm_arch})")
+    return mapped, int(timm_model.num_features)
+
+
+def _save_weights(mapped: dict[str, torch.Tensor], checkpoint: LegacyCheckpoint, spec: ArchSpec,
+                  folder: Path) -> None:
     metadata = {"format": "pt", "source_file": checkpoint.source_name, "source_sha256": checkpoint.sha256,
                 "converter": f"rnet_hub {__version__}", "architecture": spec.timm_arch}
     safetensors.torch.save_file({k: v.contiguous() for k, v in mapped.items()}, folder / WEIGHTS_NAME,
                                 metadata=metadata)
-    return int(timm_model.num_features)
 
 
 def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
@@ -162,24 +168,29 @@ def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
         names = _check_label_names(label_names, num_classes)
         target = Path(out_dir) if out_dir is not None else Path("converted") / spec.timm_arch
         repo = repo_id or spec.repo_id()
-        with _atomic_output(target, overwrite) as staging:
-            num_features = _write_weights(checkpoint, spec, num_classes, staging)
+        with _atomic_output(target, overwrite) as staging, ThreadPoolExecutor(max_workers=1) as helper:
+            mapped, num_features = _mapped_weights(checkpoint, spec, num_classes)
+            # The original topology's forward pass (compute) runs while the weights are written (I/O),
+            # and the written file is hashed while the converted model runs.
+            reference = helper.submit(_legacy_logits, checkpoint, spec, num_classes)
+            _save_weights(mapped, checkpoint, spec, staging)
+            del mapped
+            weights_sha256 = helper.submit(_sha256, staging / WEIGHTS_NAME)
             config = build_config(spec, num_classes=num_classes, num_features=num_features, repo_id=repo,
                                   label_names=names)
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            reference = _legacy_logits(checkpoint, spec, num_classes)
+            reference_logits = reference.result()
             checkpoint.state_dict.clear()  # release the mmapped source before loading the copy
-            parity = compare_logits(reference, run_logits(load_timm_from_dir(staging),
-                                                          parity_input(spec.input_size)), spec.input_size)
+            parity = compare_logits(reference_logits, run_logits(load_timm_from_dir(staging),
+                                                                 parity_input(spec.input_size)), spec.input_size)
             if not parity.passed:
                 raise ParityError(f"{spec.name}: the converted model does not reproduce the original; {parity}")
             build_card(spec, repo_id=repo, source_name=checkpoint.source_name, source_sha256=checkpoint.sha256,
                        parity_max_abs_diff=parity.max_abs_diff, parity_tolerance=parity.tolerance,
                        source_url=source if isinstance(source, str) and is_url(source) else None,
                        num_classes=num_classes, label_names=names).save(staging / "README.md")
-            weights_sha256 = _sha256(staging / WEIGHTS_NAME)
-        return ConversionResult(out_dir=target, arch=spec, num_classes=num_classes,
-                                source_sha256=checkpoint.sha256, weights_sha256=weights_sha256, parity=parity)
+        return ConversionResult(out_dir=target, arch=spec, num_classes=num_classes, source_sha256=checkpoint.sha256,
+                                weights_sha256=weights_sha256.result(), parity=parity)
 
 
 def verify(model_dir: str | os.PathLike[str], against: Source, *,
