@@ -11,7 +11,8 @@ Safe by construction:
   no ``..``, no links or devices, exactly one checkpoint member (at any depth);
 * the one checkpoint is copied into a private temporary folder that the extraction deletes
   when it is closed; ``tarfile.extract`` is never used, so nothing is ever written where
-  the archive says.
+  the archive says. Storages that the model weights do not use (the optimizer state) are
+  left as holes in that copy (see :mod:`rnet_hub._torchzip`).
 
 The archive is read as a stream, once for decompression and once, in a second thread, for
 its sha256 (both from the same open file, which must not change meanwhile). ``isal`` (the
@@ -36,6 +37,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from ._progress import progress_bar
+from ._torchzip import copy_checkpoint
 
 __all__ = ["CHECKPOINT_SUFFIXES", "ArchiveExtraction", "SourceError", "extract_checkpoint", "file_sha256", "sniff"]
 
@@ -166,12 +168,10 @@ def _copy_checkpoint_member(stream: BinaryIO, archive: str, workdir: Path, progr
                 raise SourceError(f"{archive} holds more than one checkpoint ({found.name!r} and "
                                   f"{member.name!r}); extract the one you want and pass that .pth instead")
             found = workdir / name.name
-            source = tar.extractfile(member)
             with open(found, "wb") as out, progress_bar(total=member.size, desc=f"extract {name.name}",
                                                         disable=not progress) as bar:
-                while chunk := source.read(_CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+                copy_checkpoint(tar.extractfile(member), out, member.size, bar.update)
+                out.truncate(member.size)  # in case the file ends in a hole
     return found
 
 

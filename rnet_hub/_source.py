@@ -24,10 +24,10 @@ import torch
 
 from ._archive import ArchiveExtraction, SourceError, file_sha256, sniff
 from ._download import download_to_cache, is_url
+from ._torchzip import STATE_DICT_KEYS
 
 __all__ = ["LegacyCheckpoint", "SourceError", "UnsafeCheckpointError", "open_legacy_checkpoint"]
 
-STATE_DICT_KEYS = ("model_state", "state_dict", "model_state_dict", "model", "net", "weights")
 METADATA_KEYS = ("model_name", "epoch", "time", "optimizer_name")
 #: What :func:`open_legacy_checkpoint` reads: a path, an http(s) URL, or an archive already being extracted.
 Source = str | os.PathLike[str] | ArchiveExtraction
