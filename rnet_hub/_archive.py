@@ -26,12 +26,14 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO
@@ -78,27 +80,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _HashingReader(io.RawIOBase):
-    """Wraps a binary file and hashes every byte read through it."""
+def _sha256_of_open_file(fd: int) -> str:
+    """The sha256 of an open file, read with ``pread`` so that other readers' offsets are untouched."""
+    digest = hashlib.sha256()
+    buffer = bytearray(8 * _CHUNK)
+    view, offset = memoryview(buffer), 0
+    while count := os.preadv(fd, [buffer], offset):
+        digest.update(view[:count])
+        offset += count
+    return digest.hexdigest()
 
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:
-        count = self._raw.readinto(buffer)
-        if count:
-            self.hash.update(memoryview(buffer)[:count])
-        return count or 0
-
-    def drain(self) -> str:
-        """Hash whatever the consumer did not read and return the hex digest."""
-        while chunk := self._raw.read(8 * _CHUNK):
-            self.hash.update(chunk)
-        return self.hash.hexdigest()
+def _identity(fd: int) -> tuple[int, ...]:
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _open_gzip(raw: BinaryIO) -> BinaryIO:
@@ -131,9 +126,11 @@ def extract_checkpoint(archive: Path, workdir: Path, *, progress: bool = True) -
 
     Returns the extracted checkpoint's path and the sha256 of the archive file.
     """
-    with open(archive, "rb") as raw_file:
-        hashing = _HashingReader(raw_file)
-        buffered = io.BufferedReader(hashing, _CHUNK)
+    with open(archive, "rb") as raw_file, ThreadPoolExecutor(max_workers=1) as hasher:
+        # The hash runs beside the decompression (off its critical path), reading the same open file.
+        identity = _identity(raw_file.fileno())
+        digest = hasher.submit(_sha256_of_open_file, raw_file.fileno())
+        buffered = io.BufferedReader(raw_file, _CHUNK)
         stream = _open_gzip(buffered) if sniff(archive) == "gzip" else buffered
         try:
             found = _copy_checkpoint_member(stream, archive.name, workdir, progress)
@@ -149,7 +146,10 @@ def extract_checkpoint(archive: Path, workdir: Path, *, progress: bool = True) -
         finally:
             if stream is not buffered:
                 stream.close()
-        sha256 = hashing.drain()
+        if _identity(raw_file.fileno()) != identity:
+            raise SourceError(f"{archive.name} changed while it was being read; wait until it is complete "
+                              f"(a download or copy in progress?) and run again")
+        sha256 = digest.result()
     if found is None:
         raise SourceError(f"{archive.name} contains no checkpoint (no member ending in "
                           f"{', '.join(CHECKPOINT_SUFFIXES)}); is it a RadiologyNET model archive?")
