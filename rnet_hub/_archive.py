@@ -15,7 +15,7 @@ Safe by construction:
   left as holes in that copy (see :mod:`rnet_hub._torchzip`).
 
 The archive is read as a stream, once for decompression and once, in a second thread, for
-its sha256 (both from the same open file, which must not change meanwhile). ``isal`` (the
+its sha256 (both through the same open file, which must not change meanwhile). ``isal`` (the
 ``fast-gzip`` extra) decompresses gzip in a third thread, about twice as fast as the
 standard library.
 """
@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from ._progress import progress_bar
-from ._torchzip import copy_checkpoint
+from ._torchzip import LayoutError, copy_checkpoint
 
 __all__ = ["CHECKPOINT_SUFFIXES", "ArchiveExtraction", "SourceError", "extract_checkpoint", "file_sha256", "sniff"]
 
@@ -139,6 +139,9 @@ def extract_checkpoint(archive: Path, workdir: Path, *, progress: bool = True) -
         except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as exc:
             raise SourceError(f"{archive.name} is not a complete archive ({exc}); it is probably truncated or "
                               f"corrupt: delete it and download it again") from exc
+        except LayoutError as exc:
+            raise SourceError(f"{archive.name} holds a checkpoint that is not laid out as torch writes it "
+                              f"({exc}); extract the .pth yourself and pass that instead") from exc
         except OSError as exc:
             if exc.errno is not None:  # a real I/O error (disk full, ...), not a bad gzip stream
                 raise
@@ -180,9 +183,9 @@ class ArchiveExtraction:
 
     Use it as a context manager. :meth:`start` runs :func:`extract_checkpoint` in a child
     process (``python -m rnet_hub._archive``, which imports only this module) so that the
-    caller can do other work meanwhile; :meth:`result` waits for it (or runs it in the calling process when
-    it was never started) and raises its error. Leaving the ``with`` block stops an
-    unfinished extraction and deletes the folder.
+    caller can do other work meanwhile; :meth:`result` waits for it (or runs it in the
+    calling process when it was never started) and raises its error. Leaving the ``with``
+    block stops an unfinished extraction and deletes the folder.
     """
 
     def __init__(self, archive: Path, *, progress: bool = True) -> None:
@@ -253,6 +256,8 @@ def _child_main(argv: list[str]) -> int:
     try:
         path, digest = extract_checkpoint(archive, workdir, progress=progress)
         answer = {"path": str(path), "sha256": digest}
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
+        return 130
     except (SourceError, OSError) as exc:
         answer = {"error": str(exc), "type": "SourceError" if isinstance(exc, SourceError) else "OSError"}
     except Exception as exc:  # reported to the parent, which raises it

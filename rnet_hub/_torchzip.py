@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-__all__ = ["STATE_DICT_KEYS", "copy_checkpoint"]
+__all__ = ["STATE_DICT_KEYS", "LayoutError", "copy_checkpoint"]
 
 #: Where a checkpoint keeps its model weights, in the order they are looked for.
 STATE_DICT_KEYS = ("model_state", "state_dict", "model_state_dict", "model", "net", "weights")
@@ -45,6 +45,10 @@ _CHUNK = 1024 * 1024
 _ITEM_SIZES = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
                "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
                "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "UntypedStorage": 1}
+
+
+class LayoutError(ValueError):
+    """A storage record whose size disagrees with what ``data.pkl`` says about it."""
 
 
 @dataclass(frozen=True)
@@ -213,4 +217,4 @@ def _copy_storage(copier: _Copier, record: str, nbytes: int, keep: bool) -> None
     descriptor = copier.read(_DESCRIPTOR.size)
     copier.write(descriptor)
     if len(descriptor) < _DESCRIPTOR.size or _DESCRIPTOR.unpack(descriptor)[2] != nbytes:
-        raise ValueError(f"the checkpoint's record {record!r} is not the {nbytes} bytes its pickle gives")
+        raise LayoutError(f"the checkpoint's record {record!r} is not the {nbytes} bytes its pickle gives")

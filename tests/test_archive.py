@@ -61,6 +61,28 @@ def test_child_process_reports_bad_archives_like_the_inline_path(sample_archive,
     assert not (tmp_path / "ResNet18.pth").exists()
 
 
+def test_an_archive_that_changes_while_read_is_refused(sample_archive, private_tmp, monkeypatch):
+    from rnet_hub import _archive
+
+    calls = iter([(1, 2, 3, 4), (1, 2, 3, 5)])  # the second look sees a new modification time
+    monkeypatch.setattr(_archive, "_identity", lambda fd: next(calls))
+    with ArchiveExtraction(sample_archive("ResNet18"), progress=False) as extraction, \
+            pytest.raises(SourceError, match="changed while it was being read; wait until it is complete"):
+        extraction.result()
+
+
+def test_a_record_of_the_wrong_size_is_refused(sample_archive, private_tmp, monkeypatch):
+    from rnet_hub import _torchzip
+
+    understood = _torchzip._storages_to_write
+    monkeypatch.setattr(_torchzip, "_storages_to_write",
+                        lambda data: {k: (n + 4, keep) for k, (n, keep) in understood(data).items()})
+    with ArchiveExtraction(sample_archive("ResNet18"), progress=False) as extraction, \
+            pytest.raises(SourceError, match=r"not laid out as torch writes it \(the checkpoint's record "):
+        extraction.result()
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_closing_an_unfinished_extraction_stops_it_and_leaves_nothing(sample_archive, private_tmp):
     extraction = ArchiveExtraction(sample_archive("ResNet50", with_optimizer=True), progress=False).start()
     extraction.close()  # long before the 250 MB archive is read
