@@ -4,9 +4,9 @@ Safe by construction:
 
 * every ``torch.load`` uses ``weights_only=True`` (a pickle that would run code is refused);
 * archives are read by :class:`~rnet_hub._archive.ArchiveExtraction`, which validates every
-  tar member before reading it and copies the one checkpoint into a private folder;
-* the extracted ``.pth`` is loaded with ``mmap=True``, so the optimizer state (about two
-  thirds of every published archive) is never read into memory.
+  tar member before reading it and copies the one checkpoint into a private folder, leaving
+  holes where the optimizer state (about two thirds of every published archive) would be;
+* the ``.pth`` is loaded with ``mmap=True``, so the optimizer state is never read into memory.
 """
 
 from __future__ import annotations

@@ -16,8 +16,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ._table import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from ._archive import ArchiveExtraction
 
 __all__ = ["main", "run"]
 
@@ -41,7 +45,7 @@ def _read_label_names(args: argparse.Namespace) -> list[str] | None:
     return None
 
 
-def _started_extraction(source: str, quiet: bool) -> contextlib.AbstractContextManager[object]:
+def _started_extraction(source: str, quiet: bool) -> contextlib.AbstractContextManager[ArchiveExtraction | None]:
     """Start extracting a local archive in the background; yields it (or ``None`` for other sources).
 
     The commands call this before they import torch and timm (5-7 s), so that import and the
