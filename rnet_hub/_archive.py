@@ -14,10 +14,10 @@ Safe by construction:
   the archive says. Storages that the model weights do not use (the optimizer state) are
   left as holes in that copy (see :mod:`rnet_hub._torchzip`).
 
-The archive is read as a stream, once for decompression and once, in a second thread, for
-its sha256 (both through the same open file, which must not change meanwhile). ``isal`` (the
-``fast-gzip`` extra) decompresses gzip in a third thread, about twice as fast as the
-standard library.
+The archive is read as a stream, once for decompression and once, in a second thread and
+through a second handle of the same file (which must not change meanwhile), for its sha256.
+``isal`` (the ``fast-gzip`` extra) decompresses gzip in a third thread, about twice as fast
+as the standard library.
 """
 
 from __future__ import annotations
@@ -80,15 +80,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256_of_open_file(fd: int) -> str:
-    """The sha256 of an open file, read with ``pread`` so that other readers' offsets are untouched."""
+def _sha256_of_same_file(path: Path, identity: tuple[int, ...]) -> str:
+    """The sha256 of ``path`` read through a handle of its own, which must be the file ``identity`` names."""
     digest = hashlib.sha256()
     buffer = bytearray(8 * _CHUNK)
-    view, offset = memoryview(buffer), 0
-    while count := os.preadv(fd, [buffer], offset):
-        digest.update(view[:count])
-        offset += count
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        if _identity(handle.fileno()) != identity:
+            raise _changed_while_read(path)
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
     return digest.hexdigest()
+
+
+def _changed_while_read(path: Path) -> SourceError:
+    return SourceError(f"{path.name} changed while it was being read; wait until it is complete "
+                       f"(a download or copy in progress?) and run again")
 
 
 def _identity(fd: int) -> tuple[int, ...]:
@@ -127,9 +134,9 @@ def extract_checkpoint(archive: Path, workdir: Path, *, progress: bool = True) -
     Returns the extracted checkpoint's path and the sha256 of the archive file.
     """
     with open(archive, "rb") as raw_file, ThreadPoolExecutor(max_workers=1) as hasher:
-        # The hash runs beside the decompression (off its critical path), reading the same open file.
+        # The hash runs beside the decompression (off its critical path), on a second handle of the file.
         identity = _identity(raw_file.fileno())
-        digest = hasher.submit(_sha256_of_open_file, raw_file.fileno())
+        digest = hasher.submit(_sha256_of_same_file, archive, identity)
         buffered = io.BufferedReader(raw_file, _CHUNK)
         stream = _open_gzip(buffered) if sniff(archive) == "gzip" else buffered
         try:
@@ -150,8 +157,7 @@ def extract_checkpoint(archive: Path, workdir: Path, *, progress: bool = True) -
             if stream is not buffered:
                 stream.close()
         if _identity(raw_file.fileno()) != identity:
-            raise SourceError(f"{archive.name} changed while it was being read; wait until it is complete "
-                              f"(a download or copy in progress?) and run again")
+            raise _changed_while_read(archive)
         sha256 = digest.result()
     if found is None:
         raise SourceError(f"{archive.name} contains no checkpoint (no member ending in "
