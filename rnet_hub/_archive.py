@@ -240,8 +240,8 @@ class ArchiveExtraction:
         assert self._process is not None
         answer, _ = self._process.communicate()
         try:
-            reply = json.loads(answer)
-        except ValueError:
+            reply = json.loads(answer.splitlines()[-1])  # the last line: the answer, whatever came before
+        except (ValueError, IndexError):
             raise SourceError(f"extracting {self.archive.name} stopped without an answer (exit status "
                               f"{self._process.returncode}); run again, or pass the extracted .pth") from None
         if "error" in reply:
