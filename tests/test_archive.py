@@ -83,6 +83,15 @@ def test_a_record_of_the_wrong_size_is_refused(sample_archive, private_tmp, monk
     assert list(private_tmp.iterdir()) == []
 
 
+def test_a_child_that_dies_gives_a_clear_error(sample_archive, private_tmp):
+    with ArchiveExtraction(sample_archive("ResNet50", with_optimizer=True), progress=False).start() as extraction:
+        assert extraction._process is not None
+        extraction._process.kill()  # as if the machine ran out of memory
+        with pytest.raises(SourceError, match=r"stopped without an answer \(exit status -9\); run again"):
+            extraction.result()
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_closing_an_unfinished_extraction_stops_it_and_leaves_nothing(sample_archive, private_tmp):
     extraction = ArchiveExtraction(sample_archive("ResNet50", with_optimizer=True), progress=False).start()
     extraction.close()  # long before the 250 MB archive is read
