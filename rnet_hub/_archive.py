@@ -23,7 +23,6 @@ as the standard library.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -37,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO
+
+from huggingface_hub.utils.sha import sha_fileobj
 
 from ._progress import progress_bar
 from ._torchzip import LayoutError, copy_checkpoint
@@ -71,26 +72,12 @@ def sniff(path: Path) -> str:
     )
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
+def file_sha256(path: Path, *, identity: tuple[int, ...] | None = None) -> str:
+    """The sha256 of a file; with ``identity`` (see :func:`_identity`), only if it is still that file."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(8 * _CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sha256_of_same_file(path: Path, identity: tuple[int, ...]) -> str:
-    """The sha256 of ``path`` read through a handle of its own, which must be the file ``identity`` names."""
-    digest = hashlib.sha256()
-    buffer = bytearray(8 * _CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        if _identity(handle.fileno()) != identity:
+        if identity is not None and _identity(handle.fileno()) != identity:
             raise _changed_while_read(path)
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
+        return sha_fileobj(handle, 8 * _CHUNK).hex()
 
 
 def _changed_while_read(path: Path) -> SourceError:
@@ -136,7 +123,7 @@ def extract_checkpoint(archive: Path, workdir: Path, *, progress: bool = True) -
     with open(archive, "rb") as raw_file, ThreadPoolExecutor(max_workers=1) as hasher:
         # The hash runs beside the decompression (off its critical path), on a second handle of the file.
         identity = _identity(raw_file.fileno())
-        digest = hasher.submit(_sha256_of_same_file, archive, identity)
+        digest = hasher.submit(file_sha256, archive, identity=identity)
         buffered = io.BufferedReader(raw_file, _CHUNK)
         stream = _open_gzip(buffered) if sniff(archive) == "gzip" else buffered
         try:

@@ -10,7 +10,6 @@ are never uploaded). A folder without a matching record is re-verified against i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -18,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ._archive import file_sha256
 from ._download import is_url
 from ._loading import CONFIG_NAME, WEIGHTS_NAME
 from ._table import ARCHITECTURES, ArchSpec, find_arch
 
-__all__ = ["RECORD_NAME", "Outcome", "Prepared", "batch_sources", "convert_all", "for_each", "prepare", "sha256_of",
+__all__ = ["RECORD_NAME", "Outcome", "Prepared", "batch_sources", "convert_all", "for_each", "prepare",
            "source_url"]
 
 RECORD_NAME = ".rnet-hub-conversion.json"
@@ -89,14 +89,6 @@ def for_each(items: Sequence[tuple[ArchSpec, str]], work: Callable[[ArchSpec, st
     return outcomes
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _local_source(source: str, cache_dir: Path | None, progress: bool) -> Path:
     """The source as a local file (URLs downloaded into the cache, resumably)."""
     from ._source import resolve_source
@@ -147,12 +139,12 @@ def prepare(spec: ArchSpec, source: str, folder: Path, *, repo_id: str, cache_di
     With ``need_parity``, a reused folder without a matching record is re-verified against the source.
     """
     local = _local_source(source, cache_dir, progress)
-    source_sha = sha256_of(local)
+    source_sha = file_sha256(local)
     if _converted_from(folder) != (source_sha, repo_id):
         return _convert_fresh(spec, source, local, folder, source_sha=source_sha, repo_id=repo_id,
                               progress=progress, echo=echo)
     echo(f"  up to date: {folder} was converted from the same source (sha256 {source_sha})")
-    weights_sha = sha256_of(folder / WEIGHTS_NAME)
+    weights_sha = file_sha256(folder / WEIGHTS_NAME)
     record = _read_record(folder, weights_sha, source_sha)
     if record is None and need_parity:
         record = _reverify(folder, local, source_sha=source_sha, weights_sha=weights_sha, progress=progress,

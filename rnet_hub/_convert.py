@@ -13,7 +13,6 @@ nothing behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import safetensors.torch
 import torch
 
 from . import __version__, legacy
+from ._archive import file_sha256
 from ._config import build_config
 from ._create import resolve_model_dir
 from ._detect import detect_architecture
@@ -110,14 +110,6 @@ def _apply_umask(folder: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _legacy_logits(checkpoint: LegacyCheckpoint, spec: ArchSpec, num_classes: int) -> torch.Tensor:
     """Logits of the original wrapper topology holding the source weights."""
     wrapper = legacy.build_with_state(checkpoint.state_dict, spec, num_classes)
@@ -175,7 +167,7 @@ def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
             reference = helper.submit(_legacy_logits, checkpoint, spec, num_classes)
             _save_weights(mapped, checkpoint, spec, staging)
             del mapped
-            weights_sha256 = helper.submit(_sha256, staging / WEIGHTS_NAME)
+            weights_sha256 = helper.submit(file_sha256, staging / WEIGHTS_NAME)
             config = build_config(spec, num_classes=num_classes, num_features=num_features, repo_id=repo,
                                   label_names=names)
             (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
