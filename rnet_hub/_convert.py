@@ -5,19 +5,16 @@ reload and compare. Here "compare" is the strong version: the original wrapper t
 with the source weights and the timm model read back from the written folder run on the
 same batch, and the conversion fails unless their logits agree (see ``_parity``).
 
-The folder is written atomically: everything goes into a hidden temporary sibling that is
+The folder is written atomically (``_output``): everything goes into a hidden temporary sibling that is
 renamed into place only after verification, so a failed or interrupted conversion leaves
 nothing behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +30,13 @@ from ._detect import detect_architecture
 from ._download import is_url
 from ._keymap import check_against, legacy_to_timm
 from ._loading import CONFIG_NAME, WEIGHTS_NAME, build_timm_on_meta, load_timm_from_dir, read_config
+from ._output import OutputExistsError, atomic_output, refuse_existing
 from ._parity import ParityError, ParityReport, compare_logits, parity_input, run_logits
 from ._source import LegacyCheckpoint, Source, open_legacy_checkpoint
 from ._table import ArchSpec, find_arch
 from .cards import build_card
 
 __all__ = ["ConversionResult", "OutputExistsError", "convert", "verify"]
-
-
-class OutputExistsError(FileExistsError):
-    """The output folder exists and ``overwrite`` was not asked for."""
 
 
 @dataclass(frozen=True)
@@ -73,41 +67,6 @@ def _check_label_names(label_names: Sequence[str] | None, num_classes: int) -> l
         raise ValueError(f"{len(names)} label names given but the checkpoint's head has {num_classes} classes; "
                          f"give exactly one name per output")
     return names
-
-
-def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} already exists; choose another --out or pass --overwrite")
-
-
-@contextlib.contextmanager
-def _atomic_output(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir``; rename it into place only on success."""
-    _refuse_existing(out_dir, overwrite)
-    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        yield staging
-        _apply_umask(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # innermost first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-
-
-def _apply_umask(folder: Path) -> None:
-    """Give the staged folder ordinary permissions (mkdtemp and safetensors create private ones)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
 
 
 def _legacy_logits(checkpoint: LegacyCheckpoint, spec: ArchSpec, num_classes: int) -> torch.Tensor:
@@ -154,13 +113,13 @@ def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
         SourceError, UnknownArchitectureError, HeadShapeError, KeyMapError: bad input.
     """
     if out_dir is not None:
-        _refuse_existing(Path(out_dir), overwrite)  # before the (long) read of the source
+        refuse_existing(Path(out_dir), overwrite)  # before the (long) read of the source
     with open_legacy_checkpoint(source, cache_dir=cache_dir, progress=progress) as checkpoint:
         spec, num_classes = detect_architecture(checkpoint.state_dict, arch)
         names = _check_label_names(label_names, num_classes)
         target = Path(out_dir) if out_dir is not None else Path("converted") / spec.timm_arch
         repo = repo_id or spec.repo_id()
-        with _atomic_output(target, overwrite) as staging, ThreadPoolExecutor(max_workers=1) as helper:
+        with atomic_output(target, overwrite) as staging, ThreadPoolExecutor(max_workers=1) as helper:
             mapped, num_features = _mapped_weights(checkpoint, spec, num_classes)
             # The original topology's forward pass (compute) runs while the weights are written (I/O),
             # and the written file is hashed while the converted model runs.

@@ -80,8 +80,10 @@ def _import_converter() -> ModuleType:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    if args.out is not None and args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
+    if args.out is not None:
+        from ._output import refuse_existing
+
+        refuse_existing(args.out, args.overwrite)  # before the archive is read or torch imported
     with _started_extraction(args.source, args.quiet) as extraction:
         converter = _import_converter()  # torch and timm import while the archive decompresses
         result = converter.convert(extraction or args.source, args.out, arch=args.arch,
