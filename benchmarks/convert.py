@@ -45,7 +45,7 @@ def bench(arch: str, workdir: Path, repeats: int) -> dict[str, float]:
     archive = workdir / f"{arch}.tar.gz"
     if not archive.exists():
         print(f"writing the {arch} stand-in archive with optimizer state ...", flush=True)
-        python_output(f"from rnet_hub._sample import write_sample_archive as w; w({arch!r}, {str(archive)!r})")
+        python_output(f"from rnet_hub.testing import write_sample_archive as w; w({arch!r}, {str(archive)!r})")
     out = workdir / f"{arch}-converted"
     commands = {
         "gzip": (f"gzip -dc {archive} > /dev/null", True),

@@ -130,7 +130,8 @@ def main() -> int:
             "rnet-hub embed": (f"rm -f {shlex.quote(str(out))}.* && {embed}", True),
             "timm loop": ([sys.executable, str(workdir / "baseline.py"), str(model_dir), str(inputs / "png"),
                            str(workdir / "baseline.npy")], False),
-            "start-up: import rnet_hub.cli": ([sys.executable, "-c", "import rnet_hub.cli, rnet_hub._embed"], False),
+            "start-up: import rnet_hub.cli": ([sys.executable, "-c", "import rnet_hub.cli, rnet_hub.imaging.embed"],
+                                            False),
             "start-up: import torch, timm": ([sys.executable, "-c", "import torch, timm"], False),
         }
         median = {name: wall for name, (wall, _) in median_runs(commands, args.repeats).items()}

@@ -54,7 +54,7 @@ def prepare(arch: str, workdir: Path) -> tuple[Path, Path]:
     if not folder.exists() or not pth.exists():
         print(f"preparing {arch}: stand-in archive, conversion, extracted .pth ...", flush=True)
         archive = workdir / f"{arch}.tar.gz"
-        python_output(f"from rnet_hub._sample import write_sample_archive as w; w({arch!r}, {str(archive)!r}); "
+        python_output(f"from rnet_hub.testing import write_sample_archive as w; w({arch!r}, {str(archive)!r}); "
                       f"from rnet_hub import convert; convert({str(archive)!r}, {str(folder)!r}, "
                       f"overwrite=True, progress=False)")
         with tarfile.open(archive) as tar:

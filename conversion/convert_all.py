@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnet_hub._batch import convert_all
+from rnet_hub.publish.batch import convert_all
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,21 +16,28 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-__version__ = "0.1.0"
+from .version import __version__
 
 #: Public name -> the module that defines it, imported on first use.
 _LAZY_NAMES = {
-    "ARCHITECTURES": "._table",
-    "ArchSpec": "._table",
-    "find_arch": "._table",
-    "ConversionResult": "._convert",
-    "convert": "._convert",
-    "verify": "._convert",
-    "create_model": "._create",
-    "register_pretrained_tags": "._tags",
-    "TransferError": ".transfer",
+    "ARCHITECTURES": ".architectures",
+    "ArchSpec": ".architectures",
+    "find_arch": ".architectures",
+    "ModelRef": ".names",
+    "parse_model_name": ".names",
+    "RnetHubError": ".errors",
+    "ConversionResult": ".converter",
+    "convert": ".converter",
+    "verify": ".converter",
+    "create_model": ".loading",
+    "register_pretrained_tags": ".tags",
+    "TransferError": ".errors",
     "TransferReport": ".transfer",
     "transfer_weights": ".transfer",
+    "embed": ".imaging.embed",
+    "EmbedReport": ".imaging.embed",
+    "build_card": ".publish.cards",
+    "push_folder": ".publish.push",
     "legacy": ".legacy",
 }
 
@@ -38,13 +45,20 @@ __all__ = [
     "ARCHITECTURES",
     "ArchSpec",
     "ConversionResult",
+    "EmbedReport",
+    "ModelRef",
+    "RnetHubError",
     "TransferError",
     "TransferReport",
     "__version__",
+    "build_card",
     "convert",
     "create_model",
+    "embed",
     "find_arch",
     "legacy",
+    "parse_model_name",
+    "push_folder",
     "register_pretrained_tags",
     "transfer_weights",
     "verify",
@@ -52,11 +66,16 @@ __all__ = [
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from . import legacy
-    from ._convert import ConversionResult, convert, verify
-    from ._create import create_model
-    from ._table import ARCHITECTURES, ArchSpec, find_arch
-    from ._tags import register_pretrained_tags
-    from .transfer import TransferError, TransferReport, transfer_weights
+    from .architectures import ARCHITECTURES, ArchSpec, find_arch
+    from .converter import ConversionResult, convert, verify
+    from .errors import RnetHubError, TransferError
+    from .imaging.embed import EmbedReport, embed
+    from .loading import create_model
+    from .names import ModelRef, parse_model_name
+    from .publish.cards import build_card
+    from .publish.push import push_folder
+    from .tags import register_pretrained_tags
+    from .transfer import TransferReport, transfer_weights
 
 
 def __getattr__(name: str) -> Any:
@@ -64,7 +83,7 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'rnet_hub' has no attribute {name!r}")
     module = importlib.import_module(module_name, __name__)
-    value = module if name == module_name.lstrip(".") else getattr(module, name)
+    value = module if module_name == f".{name}" else getattr(module, name)
     globals()[name] = value
     return value
 
@@ -75,7 +94,7 @@ def __dir__() -> list[str]:
 
 def _register_tags(timm: ModuleType) -> None:
     """Post-import hook: the tags need timm's registry, so they are added once timm is loaded."""
-    from ._tags import register_pretrained_tags
+    from .tags import register_pretrained_tags
 
     register_pretrained_tags()
 

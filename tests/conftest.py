@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 @pytest.fixture(scope="session")
 def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``sample_archive("ResNet18", with_optimizer=False, num_classes=36, seed=0)`` -> cached archive path."""
-    from rnet_hub._sample import write_sample_archive
+    from rnet_hub.testing import write_sample_archive
 
     root = tmp_path_factory.mktemp("archives")
     cache: dict[tuple, Path] = {}
@@ -40,7 +40,7 @@ def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
 @pytest.fixture(scope="session")
 def converted_dir(tmp_path_factory: pytest.TempPathFactory, sample_archive: Callable[..., Path]) -> Callable[..., Path]:
     """``converted_dir("ResNet18")`` -> a converted folder of the seed-0 stand-in archive (cached)."""
-    from rnet_hub._convert import convert
+    from rnet_hub.converter import convert
 
     root = tmp_path_factory.mktemp("converted")
     cache: dict[str, Path] = {}

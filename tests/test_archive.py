@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import safetensors
 
-from rnet_hub._archive import ArchiveExtraction, SourceError
+from rnet_hub.archives.extract import ArchiveExtraction
 from rnet_hub.cli import main
+from rnet_hub.errors import SourceError
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def test_child_process_reports_bad_archives_like_the_inline_path(sample_archive,
 
 
 def test_an_archive_that_changes_while_read_is_refused(sample_archive, private_tmp, monkeypatch):
-    from rnet_hub import _archive
+    from rnet_hub.archives import extract as _archive
 
     first = iter([(1, 2, 3, 4)])  # every later look sees a new modification time
     monkeypatch.setattr(_archive, "_identity", lambda fd: next(first, (1, 2, 3, 5)))
@@ -72,10 +73,10 @@ def test_an_archive_that_changes_while_read_is_refused(sample_archive, private_t
 
 
 def test_a_record_of_the_wrong_size_is_refused(sample_archive, private_tmp, monkeypatch):
-    from rnet_hub import _torchzip
+    from rnet_hub.archives import torchzip
 
-    understood = _torchzip._storages_to_write
-    monkeypatch.setattr(_torchzip, "_storages_to_write",
+    understood = torchzip.storages_to_write
+    monkeypatch.setattr(torchzip, "storages_to_write",
                         lambda data: {k: (n + 4, keep) for k, (n, keep) in understood(data).items()})
     with ArchiveExtraction(sample_archive("ResNet18"), progress=False) as extraction, \
             pytest.raises(SourceError, match=r"not laid out as torch writes it \(the checkpoint's record "):
@@ -124,7 +125,7 @@ def test_import_is_lazy_and_tags_register_when_timm_is_imported():
     loaded, tags, names = (json.loads(line) for line in result.stdout.splitlines())
     assert loaded == []
     assert len(tags) == 10 and "resnet50.radiologynet" in tags
-    assert names == ["ResNet50", "rnet_hub._convert"]
+    assert names == ["ResNet50", "rnet_hub.converter"]
 
 
 def test_tags_register_at_once_when_timm_came_first():

@@ -22,9 +22,9 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from rnet_hub import cards
-from rnet_hub._table import ARCHITECTURES, ArchSpec
-from rnet_hub.cards import build_card, build_card_for_folder
+from rnet_hub.publish import cards
+from rnet_hub.architectures import ARCHITECTURES, ArchSpec
+from rnet_hub.publish.cards import build_card, build_card_for_folder
 
 REQUIRED_TAGS = {"timm", "transformers", "medical-imaging", "radiology", "transfer-learning",
                  "image-feature-extraction"}
@@ -140,11 +140,11 @@ def test_card_for_a_converted_folder_reads_its_provenance(converted_dir, tmp_pat
     assert "| converter | rnet_hub 0.0.9, torch 2.4.0, timm 1.0.20 |" in text
 
 
-def test_template_is_shipped_in_the_package_too() -> None:
-    checkout = Path(cards.__file__).parent.parent / "model_cards" / cards.TEMPLATE_NAME
+def test_template_lives_once_in_the_package() -> None:
     packaged = Path(cards.__file__).parent / "templates" / cards.TEMPLATE_NAME
-    assert cards.template_path() == checkout
-    assert packaged.read_text(encoding="utf-8") == checkout.read_text(encoding="utf-8")
+    assert cards.template_path() == packaged
+    assert packaged.is_file() and not packaged.is_symlink()
+    assert "{{ repo_id }}" in packaged.read_text(encoding="utf-8")
 
 
 def test_template_variable_without_a_value_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,7 +158,7 @@ def test_template_variable_without_a_value_is_refused(tmp_path: Path, monkeypatc
 
 def test_timm_and_unet_snippets_of_a_published_card_run_against_the_hub(converted_dir, hub_client,
                                                                       tmp_path: Path) -> None:
-    from rnet_hub._push import push_folder
+    from rnet_hub.publish.push import push_folder
 
     spec = ARCHITECTURES[-1]  # MobileNetV3Small: the smallest upload
     folder = Path(shutil.copytree(converted_dir(spec.name), tmp_path / spec.timm_arch))

@@ -15,8 +15,8 @@ import timm
 import torch
 
 from rnet_hub import ARCHITECTURES, legacy
-from rnet_hub._parity import RELATIVE_TOLERANCE, parity_input
-from rnet_hub._source import open_legacy_checkpoint
+from rnet_hub.legacy.checkpoint import open_legacy_checkpoint
+from rnet_hub.parity import RELATIVE_TOLERANCE, parity_input
 
 SPECS = {spec.name: spec for spec in ARCHITECTURES}
 
@@ -97,7 +97,7 @@ def test_transformers_auto_classes_load_the_folder(converted_dir):
 
 
 def test_timm_default_loader_and_fast_loader_give_identical_weights(converted_dir):
-    from rnet_hub._loading import load_timm_from_dir
+    from rnet_hub.loading import load_timm_from_dir
 
     out = converted_dir("EfficientNetB3")
     slow = timm.create_model(f"local-dir:{out}", pretrained=True).state_dict()

@@ -8,8 +8,8 @@ import torch
 
 import rnet_hub
 from rnet_hub import ARCHITECTURES
-from rnet_hub._create import _HubRef, _parse_name
-from rnet_hub._timm_compat import check_timm_compat
+from rnet_hub.names import parse_model_name
+from rnet_hub.tags import check_timm_compat
 
 NAMES = [spec.name for spec in ARCHITECTURES]
 RELATIVE = 1e-5
@@ -38,22 +38,23 @@ def test_tags_follow_the_organisation(monkeypatch):
         monkeypatch.setenv("RNET_HUB_ORG", "env-org")
         rnet_hub.register_pretrained_tags()
         assert timm.models.get_pretrained_cfg("vgg16.radiologynet").hf_hub_id == "env-org/vgg16"
-        assert _parse_name("res50") == _HubRef("env-org/resnet50", None)
+        assert parse_model_name("res50").repo_id == "env-org/resnet50"
     finally:
         monkeypatch.delenv("RNET_HUB_ORG")
         rnet_hub.register_pretrained_tags()
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("radiologynet/resnet50", _HubRef("radiologynet/resnet50", None)),
-    ("hf-hub:radiologynet/resnet50@abc123", _HubRef("radiologynet/resnet50", "abc123")),
-    ("resnet50.radiologynet", _HubRef("radiologynet/resnet50", None)),
-    ("ResNet50", _HubRef("radiologynet/resnet50", None)),
-    ("res50", _HubRef("radiologynet/resnet50", None)),
-    ("mobileNetV3Small", _HubRef("radiologynet/mobilenetv3_small_100", None)),
+    ("radiologynet/resnet50", ("radiologynet/resnet50", None)),
+    ("hf-hub:radiologynet/resnet50@abc123", ("radiologynet/resnet50", "abc123")),
+    ("resnet50.radiologynet", ("radiologynet/resnet50", None)),
+    ("ResNet50", ("radiologynet/resnet50", None)),
+    ("res50", ("radiologynet/resnet50", None)),
+    ("mobileNetV3Small", ("radiologynet/mobilenetv3_small_100", None)),
 ])
 def test_names_resolve_to_hub_repositories(name, expected):
-    assert _parse_name(name) == expected
+    ref = parse_model_name(name)
+    assert (ref.repo_id, ref.revision) == expected
 
 
 def test_unknown_name_error_names_the_choices():

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from rnet_hub import _download
-from rnet_hub._download import DownloadError, download_to_cache
+from rnet_hub.archives import download as _download
+from rnet_hub.archives.download import download_to_cache
+from rnet_hub.errors import DownloadError
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 12345)  # not a multiple of the client's 1 MiB chunks
 CUT_AT = 1_300_001
@@ -191,7 +192,7 @@ def test_progress_bar_survives_a_resumed_download(serve, tmp_path: Path, monkeyp
 
 
 def test_converting_from_a_url_records_the_served_sha256(serve, sample_archive, tmp_path: Path) -> None:
-    from rnet_hub._convert import convert
+    from rnet_hub.converter import convert
 
     archive = sample_archive("MobileNetV3Small").read_bytes()
     url, behaviour = serve(name="MobileNetV3Small.tar.gz", payload=archive, cuts_left=1, cut_at=len(archive) // 2)

@@ -20,8 +20,9 @@ from pydicom.data import get_testdata_file
 from timm.data import create_transform as timm_create_transform
 from timm.data import resolve_data_config
 
-from rnet_hub._loading import load_timm_from_dir, read_config
 from rnet_hub.cli import main
+from rnet_hub.folder import read_config
+from rnet_hub.loading import load_timm_from_dir
 from rnet_hub.preprocess import load_dicom
 
 

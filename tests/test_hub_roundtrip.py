@@ -43,9 +43,9 @@ from hub_server import RecordedRequest, running_hub
 from PIL import Image
 
 from rnet_hub import ARCHITECTURES, ArchSpec, find_arch, legacy
-from rnet_hub._parity import RELATIVE_TOLERANCE, parity_input
-from rnet_hub._push import push_folder
-from rnet_hub._source import open_legacy_checkpoint
+from rnet_hub.legacy.checkpoint import open_legacy_checkpoint
+from rnet_hub.parity import RELATIVE_TOLERANCE, parity_input
+from rnet_hub.publish.push import push_folder
 
 ORG = "radiologynet"
 DEFAULT = ("ResNet18", "MobileNetV3Small", "EfficientNetB3")  # resnet, mobilenetv3 and efficientnet families

@@ -24,8 +24,8 @@ from pydicom.sequence import Sequence
 from timm.data import create_transform as timm_create_transform
 from timm.data import resolve_data_config
 
-from rnet_hub._config import pretrained_cfg
-from rnet_hub._table import find_arch
+from rnet_hub.architectures import find_arch
+from rnet_hub.folder import pretrained_cfg
 from rnet_hub.preprocess import create_transform, is_dicom, load_dicom, load_frames, resolve_input_config
 
 # ---------------------------------------------------------------------------------------
@@ -363,7 +363,8 @@ def test_rnet_input_is_letterboxed_zero_padded_and_unnormalised(images):
 
 
 def test_transform_reads_a_model_its_folder_and_its_config(converted_dir, images):
-    from rnet_hub._loading import load_timm_from_dir, read_config
+    from rnet_hub.folder import read_config
+    from rnet_hub.loading import load_timm_from_dir
 
     folder = converted_dir("ResNet18")
     model = load_timm_from_dir(folder)

@@ -21,13 +21,14 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from safetensors import safe_open
 
-from rnet_hub import _table
-from rnet_hub._batch import RECORD_NAME, convert_all
-from rnet_hub._convert import convert
-from rnet_hub._publish import publish_all, read_manifest
-from rnet_hub._push import push_folder
-from rnet_hub._table import find_arch
+from rnet_hub import architectures
+from rnet_hub.architectures import find_arch
 from rnet_hub.cli import main
+from rnet_hub.converter import convert
+from rnet_hub.folder import RECORD_NAME
+from rnet_hub.publish.batch import convert_all
+from rnet_hub.publish.pipeline import publish_all, read_manifest
+from rnet_hub.publish.push import push_folder
 
 NAMES = ("ResNet18", "MobileNetV3Small")
 REPOS = {name: find_arch(name).repo_id() for name in NAMES}
@@ -218,7 +219,7 @@ def archive_server(archives: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(archives)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setattr(_table, "ARCHIVE_BASE_URL", base)
+    monkeypatch.setattr(architectures, "ARCHIVE_BASE_URL", base)
     yield base
     server.shutdown()
     server.server_close()

@@ -17,9 +17,10 @@ import pytest
 import torch
 from huggingface_hub import HfApi, hf_hub_download
 
-from rnet_hub._loading import load_timm_from_dir
-from rnet_hub._push import PushError, RetryPolicy, push_folder, remote_differences, remote_matches_local
 from rnet_hub.cli import main
+from rnet_hub.errors import PushError
+from rnet_hub.loading import load_timm_from_dir
+from rnet_hub.publish.push import RetryPolicy, push_folder, remote_differences, remote_matches_local
 
 REPO = "radiologynet/resnet18"
 FAST = RetryPolicy(attempts=4, base_wait_s=0.01, max_wait_s=0.05)

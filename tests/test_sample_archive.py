@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rnet_hub import find_arch
-from rnet_hub._sample import write_sample_archive
 from rnet_hub.cli import main
+from rnet_hub.testing import write_sample_archive
 
 SIZE_TOLERANCE = 0.20
 

@@ -14,12 +14,17 @@ import pytest
 import torch
 
 from rnet_hub import legacy
-from rnet_hub._convert import OutputExistsError, convert, verify
-from rnet_hub._detect import HeadShapeError
-from rnet_hub._parity import ParityError
-from rnet_hub._source import SourceError, UnsafeCheckpointError, open_legacy_checkpoint
-from rnet_hub._table import UnknownArchitectureError
 from rnet_hub.cli import main
+from rnet_hub.converter import convert, verify
+from rnet_hub.errors import (
+    HeadShapeError,
+    OutputExistsError,
+    ParityError,
+    SourceError,
+    UnknownArchitectureError,
+    UnsafeCheckpointError,
+)
+from rnet_hub.legacy.checkpoint import open_legacy_checkpoint
 
 
 def _pth_bytes(archive: Path) -> bytes:
@@ -211,7 +216,7 @@ def test_not_a_checkpoint_and_missing_file(tmp_path, capsys):
 
 
 def test_failed_parity_leaves_nothing(monkeypatch, sample_archive, tmp_path):
-    import rnet_hub._keymap as keymap
+    import rnet_hub.legacy.keymap as keymap
 
     def broken(state_dict):
         mapped = keymap.map_resnet(state_dict)
@@ -227,7 +232,7 @@ def test_failed_parity_leaves_nothing(monkeypatch, sample_archive, tmp_path):
 
 _PEAK_CHILD = """
 import sys
-from rnet_hub._source import open_legacy_checkpoint
+from rnet_hub.legacy.checkpoint import open_legacy_checkpoint
 
 def peak():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))

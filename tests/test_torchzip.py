@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rnet_hub._torchzip import _storages_to_write, copy_checkpoint
+from rnet_hub.archives.torchzip import copy_checkpoint, storages_to_write
 
 
 def _member_bytes(archive: Path) -> bytes:
@@ -64,7 +64,7 @@ def test_a_pickle_that_would_run_code_runs_nothing_and_turns_holes_off(tmp_path,
     marker = tmp_path / "was-run"
     monkeypatch.setenv("RNET_TEST_MARKER", str(marker))
     payload = pickle.dumps({"model_state": {"w": 1}, "trap": _RunsCode()}, protocol=2)
-    assert _storages_to_write(payload) is None
+    assert storages_to_write(payload) is None
     assert not marker.exists()
 
     torch.save({"model_state": {"w": torch.ones(3)}, "optimizer_state": {"m": torch.ones(1000)},

@@ -22,11 +22,13 @@ import torchvision
 from torch import nn
 
 from rnet_hub import legacy
-from rnet_hub._keymap import legacy_to_timm
-from rnet_hub._loading import WEIGHTS_NAME, load_timm_from_dir
-from rnet_hub._source import open_legacy_checkpoint
-from rnet_hub._table import ArchSpec, find_arch
-from rnet_hub.transfer import TransferError, TransferReport, transfer_weights
+from rnet_hub.architectures import ArchSpec, find_arch
+from rnet_hub.errors import TransferError
+from rnet_hub.folder import WEIGHTS_NAME
+from rnet_hub.legacy.checkpoint import open_legacy_checkpoint
+from rnet_hub.legacy.keymap import legacy_to_timm
+from rnet_hub.loading import load_timm_from_dir
+from rnet_hub.transfer import TransferReport, transfer_weights, transfer_weights_to_model
 
 Fixture = Callable[..., Path]
 
@@ -399,12 +401,12 @@ def test_report_table(sample_archive: Fixture) -> None:
 
 
 def test_transfer_weights_to_model_keeps_the_original_signature(sample_archive: Fixture) -> None:
-    parameters = inspect.signature(legacy.transfer_weights_to_model).parameters
+    parameters = inspect.signature(transfer_weights_to_model).parameters
     assert list(parameters) == ["path", "target_model", "device"]
     assert parameters["device"].default == "cpu"
 
     target = legacy.build("ResNet18", num_classes=5)
-    report = legacy.transfer_weights_to_model(str(sample_archive("ResNet18")), target, "cpu")
+    report = transfer_weights_to_model(str(sample_archive("ResNet18")), target, "cpu")
 
     assert isinstance(report, TransferReport)
     assert report.untouched_outside_classifier == []

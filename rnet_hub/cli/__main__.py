@@ -1,0 +1,5 @@
+"""``python -m rnet_hub.cli``: the console script."""
+
+from . import run
+
+run()

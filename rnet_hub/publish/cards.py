@@ -1,0 +1,180 @@
+"""Full Hub model cards for converted RadiologyNET models, from one Jinja2 template.
+
+The card is what a medical user reads before deciding whether a model is usable, how to
+preprocess for it and what not to do with it, so everything in it comes from checked
+sources: the architecture table (names, ids, input sizes), the converted folder (source
+file and sha256, label names) and the parity figure measured at conversion. The template
+is ``rnet_hub/publish/templates/radiologynet.md`` (the one copy; ``model_cards/`` holds the
+ten cards rendered from it) and is rendered by huggingface_hub's
+``ModelCard.from_template``.
+
+The same generator serves the ten published models and a user's own fine-tuned
+conversion: pass ``base_model`` (the RadiologyNET repository it started from), its
+``label_names`` and ``task``, and the card says so in its metadata and text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+
+from ..architectures import PRETRAINING_NUM_CLASSES, ArchSpec
+from ..errors import BadInputError
+from ..names import HUB_PREFIX, architecture_of, parse_model_name
+from ..version import __version__
+
+__all__ = ["CARD_TAGS", "TEMPLATE_NAME", "build_card", "build_card_for_folder", "card_metadata", "converter_versions",
+           "template_path"]
+
+TEMPLATE_NAME = "radiologynet.md"
+CARD_TAGS = ("timm", "transformers", "image-classification", "image-feature-extraction", "medical-imaging",
+             "radiology", "transfer-learning", "radiologynet")
+FINETUNED_TAGS = ("fine-tuned",)
+
+
+def template_path() -> Path:
+    """The card template, shipped inside the package (``rnet_hub/publish/templates/``)."""
+    return Path(str(resources.files(__package__) / "templates" / TEMPLATE_NAME))
+
+
+def card_metadata(spec: ArchSpec, *, base_model: str | None = None) -> ModelCardData:
+    """The YAML metadata of a card: license, library, pipeline, tags, and ``base_model`` for fine-tunes."""
+    extra: dict[str, Any] = {}
+    tags = list(CARD_TAGS)
+    if base_model is not None:
+        extra = {"base_model": base_model, "base_model_relation": "finetune"}
+        tags += FINETUNED_TAGS
+    return ModelCardData(license="gpl-3.0", library_name="timm", pipeline_tag="image-classification",
+                         tags=tags, **extra)
+
+
+def _checked_base_model(spec: ArchSpec, base_model: str | None, finetuned: bool) -> str | None:
+    """The base model id of a fine-tune (default: the table's repository for ``spec``), checked against it."""
+    if not finetuned:
+        return None
+    base = (base_model or spec.repo_id()).removeprefix(HUB_PREFIX)
+    try:
+        ref = parse_model_name(HUB_PREFIX + base)
+    except BadInputError:
+        ref = None
+    if ref is None or ref.revision or ref.arch != spec:
+        raise ValueError(f"base_model {base!r} is not the RadiologyNET repository of {spec.name}; "
+                         f"use e.g. {spec.repo_id()!r}")
+    return base
+
+
+def converter_versions() -> dict[str, str]:
+    """The versions a conversion made now is made with (recorded in the card's provenance)."""
+    return {"rnet_hub": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str, source_sha256: str,
+               parity_max_abs_diff: float, parity_tolerance: float | None = None, source_url: str | None = None,
+               num_classes: int = PRETRAINING_NUM_CLASSES, label_names: Sequence[str] | None = None,
+               base_model: str | None = None, task: str | None = None,
+               converted_with: Mapping[str, str] | None = None) -> ModelCard:
+    """The full model card of one converted model.
+
+    Args:
+        spec: the architecture: a table row or any model name (:mod:`rnet_hub.names`).
+        repo_id: the Hub repository the card is for; every usage snippet loads from it.
+        source_name, source_sha256: the file the weights were converted from and its sha256.
+        parity_max_abs_diff, parity_tolerance: max|Δlogits| measured at conversion, and its tolerance.
+        source_url: where the source was downloaded from, when it was.
+        num_classes, label_names: the head; a head other than the 36 pretraining clusters, label
+            names, ``base_model`` or ``task`` make the card a fine-tune's card.
+        base_model: the RadiologyNET repository a fine-tune started from (default ``spec.repo_id()``).
+        task: one line saying what a fine-tuned head predicts.
+        converted_with: ``rnet_hub``/``torch``/``timm`` versions of the conversion (default: these,
+            see :func:`converter_versions`); pass the recorded ones when the card is written later.
+    """
+    spec = spec if isinstance(spec, ArchSpec) else architecture_of(spec)
+    if label_names is not None and len(label_names) != num_classes:
+        raise ValueError(f"{len(label_names)} label names for a head of {num_classes} classes; give one per output")
+    finetuned = any((base_model, task, label_names is not None, num_classes != PRETRAINING_NUM_CLASSES))
+    base = _checked_base_model(spec, base_model, finetuned)
+    values = {
+        "title": f"{spec.name} fine-tuned from RadiologyNET" if finetuned else f"RadiologyNET {spec.name}",
+        "finetuned": finetuned, "repo_id": repo_id, "num_classes": num_classes, "base_model": base, "task": task,
+        "label_names": list(label_names) if label_names is not None else None,
+        **_table_values(spec),
+        **_provenance_values(source_name=source_name, source_sha256=source_sha256, source_url=source_url,
+                             parity_max_abs_diff=parity_max_abs_diff, parity_tolerance=parity_tolerance,
+                             versions={**converter_versions(), **(converted_with or {})}),
+    }
+    metadata = card_metadata(spec, base_model=base)
+    template = _checked_template(set(values) | set(metadata.to_dict()))
+    return ModelCard.from_template(metadata, template_str=template, **values)
+
+
+def _table_values(spec: ArchSpec) -> dict[str, Any]:
+    return {"name": spec.name, "timm_arch": spec.timm_arch, "pretrained_tag": spec.pretrained_tag,
+            "input_size": spec.input_size, "classifier": spec.classifier, "original_url": spec.archive_url}
+
+
+def _provenance_values(*, source_name: str, source_sha256: str, source_url: str | None, parity_max_abs_diff: float,
+                       parity_tolerance: float | None, versions: Mapping[str, str]) -> dict[str, Any]:
+    return {"source_name": source_name, "source_sha256": source_sha256, "source_url": source_url,
+            "parity_max_abs_diff": float(parity_max_abs_diff),
+            "parity_tolerance": None if parity_tolerance is None else float(parity_tolerance),
+            "converter_version": versions["rnet_hub"], "torch_version": versions["torch"],
+            "timm_version": versions["timm"]}
+
+
+def _checked_template(provided: set[str]) -> str:
+    """The template text, after checking that it uses no variable ``build_card`` does not provide.
+
+    ``ModelCard.from_template`` renders unknown variables as empty text; a template edit that
+    introduced one would silently publish cards with holes.
+    """
+    import jinja2
+    from jinja2 import meta
+
+    path = template_path()
+    text = path.read_text(encoding="utf-8")
+    unknown = meta.find_undeclared_variables(jinja2.Environment().parse(text)) - provided - {"card_data"}
+    if unknown:
+        raise ValueError(f"the card template {path} uses variables build_card does not provide: {sorted(unknown)}")
+    return text
+
+
+def _weights_metadata(folder: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    from ..folder import WEIGHTS_NAME
+
+    with safe_open(folder / WEIGHTS_NAME, framework="pt") as weights:
+        return dict(weights.metadata() or {})
+
+
+def build_card_for_folder(folder: str | os.PathLike[str], *, parity_max_abs_diff: float,
+                          parity_tolerance: float | None = None, repo_id: str | None = None,
+                          source_url: str | None = None, base_model: str | None = None, task: str | None = None,
+                          converted_with: Mapping[str, str] | None = None) -> ModelCard:
+    """The card of an existing converted folder, read from its ``config.json`` and safetensors metadata.
+
+    ``repo_id`` defaults to the ``hf_hub_id`` recorded at conversion.
+    """
+    from ..folder import read_config
+
+    folder = Path(folder)
+    config = read_config(folder)
+    metadata = _weights_metadata(folder)
+    if "source_sha256" not in metadata:
+        raise ValueError(f"{folder} has no source_sha256 in its model.safetensors metadata; it was not written by "
+                         f"`rnet-hub convert`, so its provenance is unknown: convert the source archive again")
+    repo = repo_id or config.get("pretrained_cfg", {}).get("hf_hub_id")
+    if not repo:
+        raise ValueError(f"{folder}: no repo_id given and none recorded in config.json; pass repo_id")
+    return build_card(config["architecture"], repo_id=repo, source_name=metadata.get("source_file", "unknown"),
+                      source_sha256=metadata["source_sha256"], parity_max_abs_diff=parity_max_abs_diff,
+                      parity_tolerance=parity_tolerance, source_url=source_url, num_classes=config["num_classes"],
+                      label_names=config.get("label_names"), base_model=base_model, task=task,
+                      converted_with=converted_with)

@@ -1,0 +1,2 @@
+from .api import *  # noqa: F403
+from .api import __all__ as __all__
