@@ -26,7 +26,7 @@ from . import legacy
 from .architectures import ArchSpec, find_arch
 from .archives.download import is_url
 from .archives.extract import file_sha256
-from .errors import ParityError
+from .errors import BadInputError, ParityError
 from .folder import CONFIG_NAME, WEIGHTS_NAME, atomic_output, build_config, read_config, refuse_existing
 from .legacy.checkpoint import LegacyCheckpoint, Source, open_legacy_checkpoint
 from .legacy.keymap import check_against, legacy_to_timm
@@ -64,8 +64,8 @@ def _check_label_names(label_names: Sequence[str] | None, num_classes: int) -> l
         return None
     names = [str(n) for n in label_names]
     if len(names) != num_classes:
-        raise ValueError(f"{len(names)} label names given but the checkpoint's head has {num_classes} classes; "
-                         f"give exactly one name per output")
+        raise BadInputError(f"{len(names)} label names given but the checkpoint's head has {num_classes} classes; "
+                            f"give exactly one name per output")
     return names
 
 
@@ -110,7 +110,10 @@ def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
 
     Raises:
         ParityError: the converted model does not reproduce the original logits.
-        SourceError, UnknownArchitectureError, HeadShapeError, KeyMapError: bad input.
+        KeyMapError: the mapped weights do not fill the timm model exactly.
+        SourceError, UnknownArchitectureError, HeadShapeError: the source is not a RadiologyNET checkpoint.
+        OutputExistsError: ``out_dir`` exists and ``overwrite`` is false.
+        BadInputError: ``label_names`` does not give one name per class.
     """
     if out_dir is not None:
         refuse_existing(Path(out_dir), overwrite)  # before the (long) read of the source

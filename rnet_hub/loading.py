@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import timm
 import torch
@@ -66,13 +67,34 @@ def ensure_materialised(model: nn.Module) -> nn.Module:
     return model
 
 
+def _load_weights(model_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a folder's ``model.safetensors``; a damaged file is a :class:`ConvertedFolderError`."""
+    path = Path(model_dir) / WEIGHTS_NAME
+    try:
+        return safetensors.torch.load_file(path, device="cpu")
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise ConvertedFolderError(f"{path} cannot be read ({exc}); it may be truncated or damaged: "
+                                   f"convert or download the folder again") from exc
+
+
 def load_timm_from_dir(model_dir: str | os.PathLike[str]) -> nn.Module:
-    """The timm model of a converted folder, with its weights, in eval mode."""
+    """The timm model of a converted folder, with its weights, in eval mode.
+
+    Raises:
+        ConvertedFolderError: the folder is not a converted folder, its weights cannot be read,
+            or they do not fit the architecture its ``config.json`` names.
+    """
     config = read_config(model_dir)
     model = build_timm_on_meta(config["architecture"], num_classes=config["num_classes"],
                                pretrained_cfg=config["pretrained_cfg"], **config.get("model_args", {}))
-    weights = safetensors.torch.load_file(Path(model_dir) / WEIGHTS_NAME, device="cpu")
-    return assign_state(model, weights).eval()
+    weights = _load_weights(model_dir)
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ConvertedFolderError(f"{model_dir} does not fit {config['architecture']} ({reason[:300]}); "
+                                   f"convert it again with `rnet-hub convert`") from exc
+    return ensure_materialised(model).eval()
 
 
 def _init_fresh(module: nn.Module) -> None:
@@ -139,7 +161,7 @@ def create_model(name: str | os.PathLike[str], pretrained: bool = True, *,
     model_kwargs = {**config.get("model_args", {}), **kwargs}
     model_kwargs.setdefault("num_classes", config["num_classes"])
     model = build_timm_on_meta(config["architecture"], pretrained_cfg=config["pretrained_cfg"], **model_kwargs)
-    state = safetensors.torch.load_file(Path(model_dir) / WEIGHTS_NAME)
+    state = _load_weights(model_dir)
     state = _adapt_weights(state, config, num_classes=model_kwargs["num_classes"],
                            in_chans=model_kwargs.get("in_chans", 3))
     result = model.load_state_dict(state, strict=False, assign=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from .architectures import ArchSpec, find_arch
 from .errors import BadInputError, UnknownArchitectureError
 
-__all__ = ["HUB_PREFIX", "LOCAL_PREFIX", "ModelRef", "architecture_of", "parse_model_name"]
+__all__ = ["HUB_PREFIX", "LOCAL_PREFIX", "ModelRef", "architecture_of", "local_folder", "parse_model_name"]
 
 LOCAL_PREFIX = "local-dir:"
 HUB_PREFIX = "hf-hub:"
@@ -100,3 +100,13 @@ def architecture_of(name: str | os.PathLike[str] | ModelRef) -> ArchSpec:
 
         return find_arch(str(read_config(ref.folder).get("architecture")))
     raise UnknownArchitectureError(f"{ref} does not name its architecture; pass one of the ten (e.g. resnet50)")
+
+
+def local_folder(name: str | os.PathLike[str]) -> Path:
+    """The folder a local model name (a path, or ``local-dir:PATH``) designates, for commands that need
+    one on disk, like ``push``."""
+    folder = Path(os.fspath(name).removeprefix(LOCAL_PREFIX)).expanduser()
+    if not folder.is_dir():
+        raise BadInputError(f"{os.fspath(name)} is not a folder; pass the output folder of `rnet-hub convert` "
+                            f"(a path or local-dir:PATH)")
+    return folder

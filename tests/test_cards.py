@@ -1,7 +1,7 @@
 """Model cards: metadata, content and usage snippets for all ten, fine-tune cards, and a snippet run for real.
 
-Cards are rendered from ``model_cards/radiologynet.md`` and loaded back with
-``ModelCard.load``, the way the Hub and its clients read them. The snippet run pushes the
+Cards are rendered from the packaged template (``rnet_hub/publish/templates/radiologynet.md``)
+and loaded back with ``ModelCard.load``, the way the Hub and its clients read them. The snippet run pushes the
 converted seed-0 stand-in ResNet18 (random weights) to the loopback Hub and runs the card's
 own timm code in a fresh process against it.
 """
@@ -22,8 +22,9 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from rnet_hub.publish import cards
 from rnet_hub.architectures import ARCHITECTURES, ArchSpec
+from rnet_hub.errors import BadInputError, ConvertedFolderError
+from rnet_hub.publish import cards
 from rnet_hub.publish.cards import build_card, build_card_for_folder
 
 REQUIRED_TAGS = {"timm", "transformers", "medical-imaging", "radiology", "transfer-learning",
@@ -122,6 +123,37 @@ def test_fine_tuned_card_checks_its_inputs() -> None:
         build_card("ResNet50", num_classes=2, label_names=["a", "b", "c"], **common)
 
 
+def test_pending_card_renders_the_same_card_with_its_provenance_pending(tmp_path: Path) -> None:
+    spec = ARCHITECTURES[4]  # InceptionV3: 299 input, so the resize note is in both
+    pending = _saved_and_loaded(build_card(spec, repo_id=spec.repo_id(), source_name=None, source_sha256=None,
+                                           parity_max_abs_diff=None), tmp_path)
+    done = build_card(spec, repo_id=spec.repo_id(), source_name=f"{spec.name}.tar.gz", source_sha256=SHA,
+                      parity_max_abs_diff=1e-6, parity_tolerance=1e-3)
+    assert pending.data.to_dict() == done.data.to_dict()
+    text = " ".join(pending.text.split())
+    assert "**The conversion from the published archive is pending**" in text
+    assert "| source sha256 | *pending*: recorded when the archive is converted |" in text
+    assert "| converter | *pending*: recorded when the archive is converted |" in text
+    assert f"torch {torch.__version__}" not in text and "None" not in text.replace("encoder_weights=None", "")
+    pending_lines, done_lines = set(pending.text.splitlines()), set(done.text.splitlines())
+    only_done = done_lines - pending_lines  # what differs is the provenance and the sentences about it
+    assert len(only_done) == 7 and all("rnet_hub" in line or "|" in line or "logits" in line or "PyTorch" in line
+                                       for line in only_done), only_done
+    assert "*pending*" not in done.text and "is pending" not in done.text
+
+
+def test_half_a_provenance_is_refused() -> None:
+    with pytest.raises(BadInputError, match="lacks source_sha256, parity_max_abs_diff"):
+        build_card("ResNet18", repo_id="radiologynet/resnet18", source_name="ResNet18.tar.gz", source_sha256=None,
+                   parity_max_abs_diff=None)
+    with pytest.raises(BadInputError, match="parity_tolerance, converted_with given for a pending conversion"):
+        build_card("ResNet18", repo_id="radiologynet/resnet18", source_name=None, source_sha256=None,
+                   parity_max_abs_diff=None, parity_tolerance=1e-3, converted_with={"rnet_hub": "1"})
+    with pytest.raises(BadInputError, match="a fine-tune's card needs its conversion's provenance"):
+        build_card("ResNet18", repo_id="someone/x", source_name=None, source_sha256=None, parity_max_abs_diff=None,
+                   num_classes=2)
+
+
 def test_card_for_a_converted_folder_reads_its_provenance(converted_dir, tmp_path: Path) -> None:
     from safetensors import safe_open
 
@@ -138,6 +170,17 @@ def test_card_for_a_converted_folder_reads_its_provenance(converted_dir, tmp_pat
     assert 'hf-hub:radiologynet/mobilenetv3_small_100"' in text  # the repo id recorded in config.json
     assert "1.500e-07" in text and "letterboxing to 224 first" not in text  # 224-input model
     assert "| converter | rnet_hub 0.0.9, torch 2.4.0, timm 1.0.20 |" in text
+
+
+def test_card_for_a_folder_that_is_no_conversion_names_the_fix(converted_dir, tmp_path: Path) -> None:
+    with pytest.raises(ConvertedFolderError, match="is not a converted model folder"):
+        build_card_for_folder(tmp_path, parity_max_abs_diff=0.0)
+    folder = Path(shutil.copytree(converted_dir("MobileNetV3Small"), tmp_path / "copy"))
+    config = json.loads((folder / "config.json").read_text())
+    del config["pretrained_cfg"]["hf_hub_id"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BadInputError, match="no repo_id given and none recorded in config.json"):
+        build_card_for_folder(folder, parity_max_abs_diff=0.0)
 
 
 def test_template_lives_once_in_the_package() -> None:

@@ -25,14 +25,17 @@ from rnet_hub import architectures
 from rnet_hub.architectures import find_arch
 from rnet_hub.cli import main
 from rnet_hub.converter import convert
+from rnet_hub.errors import BadInputError
 from rnet_hub.folder import RECORD_NAME
 from rnet_hub.publish.batch import convert_all
-from rnet_hub.publish.pipeline import publish_all, read_manifest
+from rnet_hub.publish.pipeline import model_card, publish_all, read_manifest
 from rnet_hub.publish.push import push_folder
 
 NAMES = ("ResNet18", "MobileNetV3Small")
 REPOS = {name: find_arch(name).repo_id() for name in NAMES}
-CONVERT_ALL = Path(__file__).resolve().parent.parent / "conversion" / "convert_all.py"
+CONVERSION = Path(__file__).resolve().parent.parent / "conversion"
+CONVERT_ALL = CONVERSION / "convert_all.py"
+PUBLISH_ALL = CONVERSION / "publish_all.py"
 
 
 def _quiet(_: str) -> None:
@@ -158,9 +161,14 @@ def test_publish_then_rerun_uploads_nothing(archives: Path, work: Path, tmp_path
             assert _sha256(remote) == recorded["sha256"] == _sha256(folder / file), file
         card = ModelCard.load(repo)
         assert "medical-imaging" in card.data.tags and entry["source_sha256"] in card.text
+        assert entry["source_name"] == f"{name}.tar.gz" and set(entry["converted_with"]) == {"rnet_hub", "torch",
+                                                                                             "timm"}
+        # the card rendered from the manifest (as conversion/render_cards.py does) is the card pushed
+        assert str(model_card(name, read_manifest(manifest))).encode() == (folder / "README.md").read_bytes()
 
     commit_posts = len(hub_server.requests_to("/commit/", "POST"))
-    assert main(_publish_args(archives, work, manifest)) == 0
+    script_main = runpy.run_path(str(PUBLISH_ALL))["main"]  # the maintainers' script, over the same library
+    assert script_main(_publish_args(archives, work, manifest)[1:]) == 0
     out = capsys.readouterr().out
     assert out.count("already holds identical files (sha256 compared); nothing uploaded") == 2
     assert "summary: 2 unchanged; none failed" in out
@@ -248,3 +256,23 @@ def test_dry_run_from_urls_shows_an_earlier_conversion(work: Path, tmp_path: Pat
     weights = work / "resnet18" / "model.safetensors"
     assert f"model.safetensors    {weights.stat().st_size:>12} bytes  sha256 {_sha256(weights)}" in out
     assert hub_server.requests == [] and not (tmp_path / "cache").exists()
+
+
+def test_publish_without_a_manifest_records_nothing(archives: Path, work: Path, tmp_path: Path, hub_server,
+                                                    hub_client, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    report = publish_all(archives=archives, names=["MobileNetV3Small"], work_dir=work, progress=False)
+    assert report.exit_code == 0 and report.manifest is None
+    assert "summary: 1 published; none failed" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no manifest anywhere
+
+
+def test_a_file_that_is_no_manifest_is_refused_before_anything_is_pushed(archives: Path, work: Path,
+                                                                         tmp_path: Path, hub_server,
+                                                                         hub_client) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"models": {}}')
+    with pytest.raises(BadInputError, match="is not an rnet-hub manifest of format 1"):
+        publish_all(archives=archives, names=["MobileNetV3Small"], work_dir=work, manifest=manifest, progress=False)
+    assert hub_server.requests == []

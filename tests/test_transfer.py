@@ -358,6 +358,7 @@ def test_every_source_kind_fills_a_timm_model(kind: str, sample_archive: Fixture
 @pytest.mark.parametrize(("name", "repo_id", "revision"), [
     ("hf-hub:radiologynet/resnet18@v1.0", "radiologynet/resnet18", "v1.0"),
     ("radiologynet/resnet18", "radiologynet/resnet18", None),
+    ("res18@v1.0", "radiologynet/resnet18", "v1.0"),
 ])
 def test_hub_ids_download_config_and_weights(name: str, repo_id: str, revision: str | None,
                                              converted_dir: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,11 +366,12 @@ def test_hub_ids_download_config_and_weights(name: str, repo_id: str, revision: 
 
     calls = []
 
-    def fake_download(repo: str, filename: str, *, revision: str | None = None) -> str:
-        calls.append((repo, filename, revision))
-        return str(converted_dir("ResNet18") / filename)
+    def fake_snapshot(repo: str, *, revision: str | None = None, allow_patterns: list[str], **kwargs: object) -> str:
+        calls.extend((repo, filename, revision) for filename in allow_patterns)
+        return str(converted_dir("ResNet18"))
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.delenv("RNET_HUB_ORG", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     report = transfer_weights(name, timm.create_model("resnet18", num_classes=36), strict=True)
     assert sorted(calls) == [(repo_id, "config.json", revision), (repo_id, WEIGHTS_NAME, revision)]
     assert report.source == name and report.coverage == 1.0

@@ -68,11 +68,20 @@ def _fetch_once(url: str, part: Path, progress: bool) -> None:
 
 def download_to_cache(url: str, *, cache_dir: Path | None = None, progress: bool = True,
                       force: bool = False) -> Path:
-    """Download ``url`` once into the cache (resuming after dropped connections) and return its path."""
+    """Download ``url`` once into the cache (resuming after dropped connections) and return its path.
+
+    Raises:
+        DownloadError: the server refused, the connection failed after every retry, or the
+            cache folder cannot be written.
+    """
     target = _target_for(url, cache_dir or default_cache_dir())
     if target.is_file() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create the download cache {target.parent}: {exc.strerror or exc}; "
+                            f"set RNET_HUB_CACHE (or pass a cache folder) to a writable folder") from exc
     part = target.with_name(target.name + ".part")
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -85,6 +94,10 @@ def download_to_cache(url: str, *, cache_dir: Path | None = None, progress: bool
             if attempt == MAX_ATTEMPTS:
                 raise DownloadError(f"could not download {url} after {attempt} attempts: {exc}; check the "
                                     f"URL and your connection, or download it yourself and pass the file") from exc
+        except OSError as exc:  # writing the cache (disk full, permissions) or another socket error: no retry
+            raise DownloadError(f"could not download {url} into {part}: {exc.strerror or exc}; check that the "
+                                f"cache folder is writable with room for the file (RNET_HUB_CACHE selects "
+                                f"another) and your connection") from exc
         time.sleep(min(2 ** (attempt - 1) * 0.5, 8))
     os.replace(part, target)
     return target

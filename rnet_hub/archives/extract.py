@@ -55,8 +55,11 @@ _CHUNK = 1024 * 1024
 
 def sniff(path: Path) -> str:
     """The kind of a source file from its first bytes: ``gzip``, ``tar``, ``zip`` or ``pickle``."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:  # no permission, a folder, gone meanwhile
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if head[:2] == b"\x1f\x8b":
         return "gzip"
     if head[:4] == b"PK\x03\x04":

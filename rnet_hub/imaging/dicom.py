@@ -69,6 +69,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from ..errors import ImageReadError, MissingExtraError
+
 if TYPE_CHECKING:
     from pydicom import Dataset
 
@@ -375,7 +377,7 @@ def _import_pydicom() -> Any:
     try:
         import pydicom
     except ImportError as exc:
-        raise ImportError(f"reading DICOM needs pydicom: {_DICOM_EXTRA}") from exc
+        raise MissingExtraError(f"reading DICOM needs pydicom: {_DICOM_EXTRA}") from exc
     return pydicom
 
 
@@ -391,23 +393,23 @@ def _decode(ds: Dataset, where: str) -> np.ndarray:
     from pydicom.pixels import get_decoder
 
     if "PixelData" not in ds:
-        raise ValueError(f"{where} has no pixel data (not an image object)")
+        raise ImageReadError(f"{where} has no pixel data (not an image object)")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
         try:
             decoder = get_decoder(syntax)
         except NotImplementedError as exc:
-            raise ValueError(f"{where}: pydicom cannot decode transfer syntax {syntax.name}") from exc
+            raise ImageReadError(f"{where}: pydicom cannot decode transfer syntax {syntax.name}") from exc
         if not decoder.is_available:
-            raise ImportError(f"{where}: pixel data is compressed ({syntax.name}) and no decoder is installed: "
-                              f"{_CODECS_EXTRA}")
+            raise MissingExtraError(f"{where}: pixel data is compressed ({syntax.name}) and no decoder is installed: "
+                                    f"{_CODECS_EXTRA}")
     try:
         pixels = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
-        raise ValueError(f"{where}: could not decode {getattr(syntax, 'name', 'the')} pixel data ({exc}); "
-                         f"{_CODECS_EXTRA} adds further decoders") from exc
+        raise ImageReadError(f"{where}: could not decode {getattr(syntax, 'name', 'the')} pixel data ({exc}); "
+                             f"{_CODECS_EXTRA} adds further decoders") from exc
     except (AttributeError, KeyError, TypeError, ValueError) as exc:  # missing or broken image tags
-        raise ValueError(f"{where}: pixel data cannot be read ({exc})") from exc
+        raise ImageReadError(f"{where}: pixel data cannot be read ({exc})") from exc
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -439,7 +441,7 @@ def load_dicom(path: str | os.PathLike[str] | Dataset) -> list[Frame]:
         try:
             ds = pydicom.dcmread(where, force=True)
         except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-            raise ValueError(f"{where} is not a readable DICOM file ({exc})") from exc
+            raise ImageReadError(f"{where} is not a readable DICOM file ({exc})") from exc
     pixels = _decode(ds, where)
     frames, multi = _split_frames(ds, pixels)
     common = {"sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
@@ -474,7 +476,7 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     if mode.startswith("I;16") or mode == "I":
         array = np.asarray(image)
         if array.min() < 0 or array.max() > 65535:
-            raise ValueError(f"{mode} image with values outside 0-65535")
+            raise ImageReadError(f"{mode} image with values outside 0-65535")
         return array.astype(np.uint16)
     if mode == "F":
         return np.asarray(image, dtype=np.float32)
@@ -488,7 +490,11 @@ def load_frames(path: str | os.PathLike[str]) -> list[Frame]:
     anything PIL reads (PNG, JPEG, ... 8 or 16 bit) as one frame with rule ``"image"``.
     Headerless DICOM files (no preamble) are tried with pydicom when PIL cannot read them."""
     where = os.fspath(path)
-    if is_dicom(where):
+    try:
+        dicom = is_dicom(where)
+    except OSError as exc:  # missing, a folder, no permission
+        raise ImageReadError(f"{where} cannot be read: {exc.strerror or exc}") from exc
+    if dicom:
         return load_dicom(where)
     try:
         with Image.open(where) as image:
@@ -497,5 +503,5 @@ def load_frames(path: str | os.PathLike[str]) -> list[Frame]:
         try:
             return load_dicom(where)
         except (ValueError, ImportError):
-            raise ValueError(f"{where} is neither an image PIL can read nor a DICOM file ({exc})") from exc
+            raise ImageReadError(f"{where} is neither an image PIL can read nor a DICOM file ({exc})") from exc
     return [Frame(pixels, "image", path=where)]

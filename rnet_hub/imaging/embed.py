@@ -21,9 +21,6 @@ files, and ``--resume`` embeds only the files not yet listed.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +32,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import BadInputError
+from ..names import parse_model_name
 from ..progress import progress_bar
 from .dicom import load_frames
+from .embed_output import COLUMNS, OutputPaths, Writer, write_errors, write_parquet
 from .transforms import ImageTransform, create_transform
 
 __all__ = ["COLUMNS", "EmbedReport", "collect_inputs", "embed"]
-
-COLUMNS = ("path", "sop_instance_uid", "frame", "window_center", "window_width", "rule")
-
 
 # ---------------------------------------------------------------------------------------
 # Inputs
@@ -61,7 +58,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 files.update((Path(root) / n, None) for n in sorted(names) if not n.startswith("."))
         else:
-            raise FileNotFoundError(f"input not found: {given}")
+            raise BadInputError(f"input not found: {given}")
     return list(files)
 
 
@@ -123,174 +120,8 @@ def _forward_fn(model: nn.Module, stage: int | None) -> Callable[[torch.Tensor],
         return lambda x: model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
     stages = len(getattr(model, "feature_info", []))
     if not 0 <= stage < stages:
-        raise ValueError(f"--stage must be between 0 and {stages - 1} for {type(model).__name__}, got {stage}")
+        raise BadInputError(f"--stage must be between 0 and {stages - 1} for {type(model).__name__}, got {stage}")
     return lambda x: model.forward_intermediates(x, indices=[stage], intermediates_only=True)[0].mean(dim=(2, 3))
-
-
-# ---------------------------------------------------------------------------------------
-# Outputs
-# ---------------------------------------------------------------------------------------
-
-def _npy_header(rows: int, dim: int) -> bytes:
-    """A version 1.0 ``.npy`` header; numpy pads it so its length does not depend on ``rows``."""
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
-    return buffer.getvalue()
-
-
-@dataclass(frozen=True)
-class _Paths:
-    stem: Path
-
-    @classmethod
-    def for_out(cls, out: str | os.PathLike[str]) -> _Paths:
-        path = Path(out).absolute()
-        return cls(path.with_suffix("") if path.suffix in (".npy", ".csv", ".parquet") else path)
-
-    def with_ext(self, ext: str) -> Path:
-        return self.stem.parent / (self.stem.name + ext)
-
-    @property
-    def npy(self) -> Path:
-        return self.with_ext(".npy")
-
-    @property
-    def csv(self) -> Path:
-        return self.with_ext(".csv")
-
-    @property
-    def meta(self) -> Path:
-        return self.with_ext(".json")
-
-    @property
-    def parquet(self) -> Path:
-        return self.with_ext(".parquet")
-
-    @property
-    def errors(self) -> Path:
-        return self.with_ext(".errors.csv")
-
-
-def _read_npy_rows(path: Path) -> tuple[int, int, int]:
-    """(rows committed in the header, embedding size, header length) of an ``.npy`` being appended."""
-    with open(path, "rb") as fh:
-        np.lib.format.read_magic(fh)
-        shape, _, _ = np.lib.format.read_array_header_1_0(fh)
-        return shape[0], shape[1], fh.tell()
-
-
-def _read_rows(path: Path) -> list[list[str]]:
-    """Complete CSV rows (a last line cut short by an interruption is dropped)."""
-    with open(path, newline="") as fh:
-        text = fh.read()
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if not rows or tuple(rows[0]) != COLUMNS:
-        raise ValueError(f"{path} is not an embeddings index written by rnet-hub embed")
-    return rows[1:]
-
-
-class _Writer:
-    """Appends rows to ``.npy`` + ``.csv``, creating them on the first rows (nothing on failure)."""
-
-    def __init__(self, paths: _Paths, meta: dict[str, Any], *, resume: bool) -> None:
-        self.paths, self.meta = paths, meta
-        self.rows = 0
-        self.done: set[str] = set()
-        self._npy: io.BufferedRandom | None = None
-        self._csv: io.TextIOWrapper | None = None
-        existing = [p for p in (paths.npy, paths.csv) if p.exists()]
-        if existing and not resume:
-            raise FileExistsError(f"{existing[0]} exists; pass --resume to add the missing files to it, "
-                                  "or choose another --out")
-        if resume and paths.npy.exists():
-            self._reopen()
-
-    def _reopen(self) -> None:
-        """Continue existing outputs, cut back to the last committed row."""
-        written = json.loads(self.paths.meta.read_text()) if self.paths.meta.exists() else {}
-        for key in ("model", "stage", "faithful"):
-            if written.get(key) != self.meta[key]:
-                raise ValueError(f"{self.paths.npy} was written with {key}={written.get(key)!r}, not "
-                                 f"{self.meta[key]!r}; resume with the same options or choose another --out")
-        rows, dim, header = _read_npy_rows(self.paths.npy)
-        listed = _read_rows(self.paths.csv) if self.paths.csv.exists() else []
-        stored = (self.paths.npy.stat().st_size - header) // (4 * dim)
-        if len(listed) < rows or stored < rows:
-            raise ValueError(f"{self.paths.npy} and {self.paths.csv} disagree ({rows} rows committed, "
-                             f"{len(listed)} listed, {stored} stored); remove them and start again")
-        self.meta["dim"], self.rows = dim, rows
-        self.done = {row[0] for row in listed[:rows]}
-        with open(self.paths.csv, "w", newline="") as fh:
-            csv.writer(fh).writerows([COLUMNS, *listed[:rows]])
-        self._npy = open(self.paths.npy, "r+b")  # noqa: SIM115 - kept open across appends
-        self._npy.truncate(header + rows * dim * 4)
-        self._csv = open(self.paths.csv, "a", newline="")  # noqa: SIM115
-
-    def _create(self, dim: int) -> None:
-        self.paths.stem.parent.mkdir(parents=True, exist_ok=True)
-        self.meta["dim"] = dim
-        self.paths.meta.write_text(json.dumps(self.meta, indent=2) + "\n")
-        if len(_npy_header(0, dim)) != len(_npy_header(2**62, dim)):
-            raise RuntimeError("this numpy does not pad .npy headers for appending")
-        self._npy = open(self.paths.npy, "w+b")  # noqa: SIM115
-        self._npy.write(_npy_header(0, dim))
-        self._csv = open(self.paths.csv, "w", newline="")  # noqa: SIM115
-        csv.writer(self._csv).writerow(COLUMNS)
-
-    def append(self, rows: list[dict[str, Any]], embeddings: np.ndarray) -> None:
-        if self._npy is None:
-            self._create(embeddings.shape[1])
-        assert self._npy is not None and self._csv is not None
-        if embeddings.shape[1] != self.meta["dim"]:
-            raise ValueError(f"embedding size {embeddings.shape[1]} differs from {self.meta['dim']} "
-                             f"in {self.paths.npy}")
-        self._npy.seek(0, os.SEEK_END)
-        self._npy.write(np.ascontiguousarray(embeddings, dtype="<f4").tobytes())
-        self._npy.flush()
-        csv.writer(self._csv).writerows([[row[c] for c in COLUMNS] for row in rows])
-        self._csv.flush()
-        self.rows += len(rows)
-        self._npy.seek(0)
-        self._npy.write(_npy_header(self.rows, self.meta["dim"]))  # commit
-        self._npy.flush()
-
-    def close(self) -> None:
-        for fh in (self._npy, self._csv):
-            if fh is not None:
-                fh.close()
-
-
-def _write_parquet(paths: _Paths) -> Path | None:
-    """``STEM.parquet`` (index columns + ``embedding``) when pyarrow is installed."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        return None
-    embeddings = np.load(paths.npy, mmap_mode="r")
-    rows = _read_rows(paths.csv)
-    columns = {name: [row[i] for row in rows] for i, name in enumerate(COLUMNS)}
-    columns["frame"] = [int(v) for v in columns["frame"]]
-    for name in ("window_center", "window_width"):
-        columns[name] = [float(v) if v else None for v in columns[name]]
-    flat = pa.array(np.asarray(embeddings, dtype=np.float32).reshape(-1))
-    table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])})
-    partial = paths.with_ext(".parquet.partial")
-    pq.write_table(table, partial)
-    os.replace(partial, paths.parquet)
-    return paths.parquet
-
-
-def _write_errors(paths: _Paths, failed: list[tuple[str, str]]) -> Path | None:
-    if not failed:
-        paths.errors.unlink(missing_ok=True)  # a stale report from an earlier run
-        return None
-    paths.stem.parent.mkdir(parents=True, exist_ok=True)
-    with open(paths.errors, "w", newline="") as fh:
-        csv.writer(fh).writerows([("path", "error"), *failed])
-    return paths.errors
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,7 +155,7 @@ class EmbedReport:
 class _Batcher:
     """Batches images across files and hands the writer whole files, in order."""
 
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], writer: _Writer, batch_size: int,
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], writer: Writer, batch_size: int,
                  device: torch.device) -> None:
         self.forward, self.writer, self.batch_size, self.device = forward, writer, batch_size, device
         self.images: list[torch.Tensor] = []
@@ -371,7 +202,9 @@ def _default_workers() -> int:
 
 
 def _model_id(name: str) -> str:
-    return str(Path(name).absolute()) if Path(name).is_dir() else name
+    """How the index records the model: a folder's absolute path, else the name as given (checked early)."""
+    ref = parse_model_name(name)
+    return str(ref.folder.absolute()) if ref.folder is not None else name
 
 
 def _iter_items(files: Sequence[Path], transform: ImageTransform, workers: int) -> Iterator[_Item]:
@@ -385,11 +218,11 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
           faithful: bool = False, device: str | None = None, progress: bool = True) -> EmbedReport:
     """Embed every image under ``inputs`` with ``model``; see the module docstring for the outputs."""
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     files = collect_inputs(inputs)
-    paths = _Paths.for_out(out)
+    paths = OutputPaths.for_out(out)
     meta = {"model": _model_id(model), "stage": stage, "faithful": faithful}
-    writer = _Writer(paths, meta, resume=resume)
+    writer = Writer(paths, meta, resume=resume)
     todo = [f for f in files if str(f) not in writer.done]
     report = EmbedReport(npy=paths.npy, csv=paths.csv, already_done=len(files) - len(todo))
     net = _load_model(model)
@@ -416,7 +249,7 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
     finally:
         torch.set_num_threads(threads)
         writer.close()
-    report.errors_csv = _write_errors(paths, report.failed)
+    report.errors_csv = write_errors(paths, report.failed)
     if paths.npy.exists():
-        report.parquet = _write_parquet(paths)
+        report.parquet = write_parquet(paths)
     return report

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import BadInputError, MissingExtraError
 from .dicom import PRETRAINING_EXPORT_SIZE, Frame, load_frames, pil_to_array
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def _tensor_to_array(tensor: torch.Tensor) -> np.ndarray:
     if tensor.ndim == 3 and tensor.shape[0] in (1, 3, 4):
         tensor = tensor.permute(1, 2, 0)
     elif tensor.ndim != 2:
-        raise ValueError(f"expected an image tensor (H, W) or (C, H, W) with C in 1, 3, 4; got {tuple(tensor.shape)}")
+        raise BadInputError(f"expected an image tensor (H, W) or (C, H, W) with C in 1, 3, 4; "
+                            f"got {tuple(tensor.shape)}")
     return tensor.numpy()
 
 
@@ -69,8 +71,8 @@ def _as_array(image: Any) -> np.ndarray:
     elif isinstance(image, (str, os.PathLike)):
         frames = load_frames(image)
         if len(frames) != 1:
-            raise ValueError(f"{os.fspath(image)} holds {len(frames)} images; "
-                             "pick one from rnet_hub.preprocess.load_dicom(path)")
+            raise BadInputError(f"{os.fspath(image)} holds {len(frames)} images; "
+                                "pick one from rnet_hub.preprocess.load_dicom(path)")
         image = frames[0].pixels
     elif isinstance(image, Image.Image):
         image = pil_to_array(image)
@@ -82,7 +84,7 @@ def _as_array(image: Any) -> np.ndarray:
     elif array.ndim == 3 and array.shape[2] == 4:
         array = array[:, :, :3]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise ValueError(f"expected a grey (H, W) or colour (H, W, 3) image, got shape {array.shape}")
+        raise BadInputError(f"expected a grey (H, W) or colour (H, W, 3) image, got shape {array.shape}")
     return _check_dtype(array)
 
 
@@ -93,10 +95,10 @@ def _check_dtype(array: np.ndarray) -> np.ndarray:
         return array
     if np.issubdtype(array.dtype, np.floating):
         if array.size and (np.nanmin(array) < -1e-6 or np.nanmax(array) > 1 + 1e-6):
-            raise ValueError("float images must hold values in [0, 1]; scale them first")
+            raise BadInputError("float images must hold values in [0, 1]; scale them first")
         return np.clip(array, 0, 1)
-    raise ValueError(f"unsupported pixel type {array.dtype}: pass uint8, uint16 or float in [0, 1] "
-                     "(DICOM files and frames from load_dicom are windowed for you)")
+    raise BadInputError(f"unsupported pixel type {array.dtype}: pass uint8, uint16 or float in [0, 1] "
+                        "(DICOM files and frames from load_dicom are windowed for you)")
 
 
 def _grey_uint8(array: np.ndarray) -> np.ndarray:
@@ -155,7 +157,7 @@ def _letterbox_cv2(image: np.ndarray, size: int) -> np.ndarray:
     try:
         import cv2
     except ImportError as exc:
-        raise ImportError(f"faithful preprocessing at {size} px needs OpenCV: {_FAITHFUL_EXTRA}") from exc
+        raise MissingExtraError(f"faithful preprocessing at {size} px needs OpenCV: {_FAITHFUL_EXTRA}") from exc
     resized = cv2.resize(image, (new_w, new_h))
     delta_h, delta_w = size - new_h, size - new_w
     return cv2.copyMakeBorder(resized, delta_h // 2, delta_h - delta_h // 2, delta_w // 2, delta_w - delta_w // 2,
@@ -187,7 +189,7 @@ class ImageTransform:
         channels, height, width = self.config["input_size"]
         self.channels, self.size = int(channels), (int(height), int(width))
         if faithful and height != width:
-            raise ValueError(f"faithful preprocessing needs a square input size, got {height}x{width}")
+            raise BadInputError(f"faithful preprocessing needs a square input size, got {height}x{width}")
         mean, std = _three(self.config["mean"]), _three(self.config["std"])
         self._mean = np.array(mean[:self.channels], dtype=np.float32).reshape(-1, 1, 1)
         self._std = np.array(std[:self.channels], dtype=np.float32).reshape(-1, 1, 1)

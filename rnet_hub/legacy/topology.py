@@ -28,6 +28,7 @@ import torchvision
 from torch import nn
 
 from ..architectures import ARCHITECTURES, PRETRAINING_NUM_CLASSES, ArchSpec, find_arch
+from ..errors import BadInputError
 
 __all__ = [
     "LegacyWrapper",
@@ -152,13 +153,13 @@ def _legacy_class_for(spec: ArchSpec) -> type[LegacyWrapper]:
     def __init__(self: LegacyWrapper, pretrained: bool = False,
                  number_of_classes: int = PRETRAINING_NUM_CLASSES) -> None:
         if pretrained:
-            raise ValueError(
+            raise BadInputError(
                 f"{spec.name}(pretrained=True) is not supported: build it with pretrained=False and "
                 f"load RadiologyNET weights with rnet_hub.transfer_weights(path, model), "
                 f"or use rnet_hub.create_model({spec.timm_arch!r}, pretrained=True) for the timm model"
             )
         if number_of_classes < 1:
-            raise ValueError(f"number_of_classes must be a positive integer, got {number_of_classes}")
+            raise BadInputError(f"number_of_classes must be a positive integer, got {number_of_classes}")
         topology.__init__(self, **parts(spec, number_of_classes))
 
     doc = f"The original ``{spec.name}`` wrapper around torchvision ``{spec.torchvision_fn}``."

@@ -3,9 +3,10 @@
 Shared by ``convert_all`` and ``publish_all``. A model's converted folder is reused when its
 ``model.safetensors`` says (metadata ``source_sha256``) it was converted from a source with
 the same sha256, for the same Hub repository. Next to the weights the batch keeps a small
-hidden record, ``.rnet-hub-conversion.json``, with the parity figure measured at conversion,
-so a reused folder still has a measured figure for its card and the manifest (hidden files
-are never uploaded). A folder without a matching record is re-verified against its source.
+hidden record, ``.rnet-hub-conversion.json`` (:data:`rnet_hub.folder.RECORD_NAME`), with the
+parity figure measured at conversion and the converter versions, so a reused folder still has
+a measured figure for its card and the manifest (hidden files are never uploaded). A folder
+without a matching record is re-verified against its source.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Generic, TypeVar
 from ..architectures import ARCHITECTURES, ArchSpec, find_arch
 from ..archives.download import is_url
 from ..archives.extract import file_sha256
-from ..folder import CONFIG_NAME, WEIGHTS_NAME
+from ..errors import BadInputError, OutputExistsError, PublishedMismatchError
+from ..folder import RECORD_NAME, WEIGHTS_NAME, is_converted_folder, read_config, read_weights_metadata
 
-__all__ = ["RECORD_NAME", "Outcome", "Prepared", "batch_sources", "convert_all", "for_each", "prepare",
+__all__ = ["DEFAULT_WORK_DIR", "Outcome", "Prepared", "batch_sources", "convert_all", "for_each", "prepare",
            "source_url"]
 
-RECORD_NAME = ".rnet-hub-conversion.json"
+#: Where converted folders go by default (``<work dir>/<timm architecture>``), relative to the current directory.
+DEFAULT_WORK_DIR = Path("converted")
 _T = TypeVar("_T")
 Echo = Callable[[str], None]
 
@@ -69,8 +72,8 @@ def batch_sources(*, archives: str | os.PathLike[str] | None, names: Sequence[st
         return [(spec, spec.archive_url) for spec in specs]
     folder = Path(archives)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder of archives; pass the folder that holds <Name>.tar.gz "
-                                f"(e.g. ResNet50.tar.gz), or leave --archives out to use the published URLs")
+        raise BadInputError(f"{folder} is not a folder of archives; pass the folder that holds <Name>.tar.gz "
+                            f"(e.g. ResNet50.tar.gz), or leave --archives out to use the published URLs")
     return [(spec, str(folder / f"{spec.name}.tar.gz")) for spec in specs]
 
 
@@ -103,14 +106,11 @@ def _converted_from(folder: Path) -> tuple[str | None, str | None]:
     """
     if not folder.exists():
         return None, None
-    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
-        raise FileExistsError(f"{folder} exists and is not a converted model folder, so it will not be replaced; "
-                              f"move it away or choose another output folder")
-    from safetensors import safe_open
-
-    with safe_open(folder / WEIGHTS_NAME, framework="pt") as weights:
-        source_sha = (weights.metadata() or {}).get("source_sha256")
-    hub_id = json.loads((folder / CONFIG_NAME).read_text()).get("pretrained_cfg", {}).get("hf_hub_id")
+    if not is_converted_folder(folder):
+        raise OutputExistsError(f"{folder} exists and is not a converted model folder, so it will not be replaced; "
+                                f"move it away or choose another output folder")
+    source_sha = read_weights_metadata(folder).get("source_sha256")
+    hub_id = read_config(folder).get("pretrained_cfg", {}).get("hf_hub_id")
     return source_sha, hub_id
 
 
@@ -173,7 +173,7 @@ def _reverify(folder: Path, local: Path, *, source_sha: str, weights_sha: str, p
 
     report = verify(folder, local, progress=progress)
     if not report.passed:
-        raise AssertionError(f"{folder} does not reproduce {local.name}: {report}; convert it again")
+        raise PublishedMismatchError(f"{folder} does not reproduce {local.name}: {report}; convert it again")
     _write_record(folder, source_sha256=source_sha, weights_sha256=weights_sha, max_abs_diff=report.max_abs_diff,
                   tolerance=report.tolerance)
     echo(f"  re-verified: {report}")
@@ -191,8 +191,8 @@ def source_url(source: str) -> str | None:
 
 
 def convert_all(*, archives: str | os.PathLike[str] | None = None, names: Sequence[str] | None = None,
-                out_dir: str | os.PathLike[str] = "converted", org: str | None = None, cache_dir: Path | None = None,
-                progress: bool = True, echo: Echo = print) -> list[Outcome[Prepared]]:
+                out_dir: str | os.PathLike[str] = DEFAULT_WORK_DIR, org: str | None = None,
+                cache_dir: Path | None = None, progress: bool = True, echo: Echo = print) -> list[Outcome[Prepared]]:
     """Convert every requested model (all ten by default) into ``<out_dir>/<timm architecture>``.
 
     Sources are ``<archives>/<Name>.tar.gz`` or, without ``archives``, the published URLs. A model

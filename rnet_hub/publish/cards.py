@@ -4,9 +4,14 @@ The card is what a medical user reads before deciding whether a model is usable,
 preprocess for it and what not to do with it, so everything in it comes from checked
 sources: the architecture table (names, ids, input sizes), the converted folder (source
 file and sha256, label names) and the parity figure measured at conversion. The template
-is ``rnet_hub/publish/templates/radiologynet.md`` (the one copy; ``model_cards/`` holds the
-ten cards rendered from it) and is rendered by huggingface_hub's
+is ``rnet_hub/publish/templates/radiologynet.md`` (the one copy; a checkout's ``model_cards/``
+holds the ten cards rendered from it) and is rendered by huggingface_hub's
 ``ModelCard.from_template``.
+
+A card can be rendered before its conversion exists (``source_name``, ``source_sha256`` and
+``parity_max_abs_diff`` all ``None``): its provenance then reads *pending* instead of a hash,
+a parity figure and converter versions, so it states nothing that was not measured and
+embeds no installed version.
 
 The same generator serves the ten published models and a user's own fine-tuned
 conversion: pass ``base_model`` (the RadiologyNET repository it started from), its
@@ -21,12 +26,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import timm
-import torch
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..architectures import PRETRAINING_NUM_CLASSES, ArchSpec
-from ..errors import BadInputError
+from ..errors import BadInputError, ConvertedFolderError
+from ..folder import WEIGHTS_NAME, read_config, read_weights_metadata
 from ..names import HUB_PREFIX, architecture_of, parse_model_name
 from ..version import __version__
 
@@ -65,22 +69,25 @@ def _checked_base_model(spec: ArchSpec, base_model: str | None, finetuned: bool)
     except BadInputError:
         ref = None
     if ref is None or ref.revision or ref.arch != spec:
-        raise ValueError(f"base_model {base!r} is not the RadiologyNET repository of {spec.name}; "
-                         f"use e.g. {spec.repo_id()!r}")
+        raise BadInputError(f"base_model {base!r} is not the RadiologyNET repository of {spec.name}; "
+                            f"use e.g. {spec.repo_id()!r}")
     return base
 
 
 def converter_versions() -> dict[str, str]:
     """The versions a conversion made now is made with (recorded in the card's provenance)."""
+    import timm
+    import torch
+
     return {"rnet_hub": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
-def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str, source_sha256: str,
-               parity_max_abs_diff: float, parity_tolerance: float | None = None, source_url: str | None = None,
-               num_classes: int = PRETRAINING_NUM_CLASSES, label_names: Sequence[str] | None = None,
-               base_model: str | None = None, task: str | None = None,
+def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str | None, source_sha256: str | None,
+               parity_max_abs_diff: float | None, parity_tolerance: float | None = None,
+               source_url: str | None = None, num_classes: int = PRETRAINING_NUM_CLASSES,
+               label_names: Sequence[str] | None = None, base_model: str | None = None, task: str | None = None,
                converted_with: Mapping[str, str] | None = None) -> ModelCard:
-    """The full model card of one converted model.
+    """The full model card of one converted model, or of one whose conversion is pending.
 
     Args:
         spec: the architecture: a table row or any model name (:mod:`rnet_hub.names`).
@@ -94,24 +101,54 @@ def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str, source_s
         task: one line saying what a fine-tuned head predicts.
         converted_with: ``rnet_hub``/``torch``/``timm`` versions of the conversion (default: these,
             see :func:`converter_versions`); pass the recorded ones when the card is written later.
+
+    ``source_name``, ``source_sha256`` and ``parity_max_abs_diff`` all ``None`` render the card of a
+    published model whose archive is not converted yet: its provenance says *pending* (and no
+    version is read from this environment). Fine-tunes are always cards of a conversion.
     """
     spec = spec if isinstance(spec, ArchSpec) else architecture_of(spec)
     if label_names is not None and len(label_names) != num_classes:
-        raise ValueError(f"{len(label_names)} label names for a head of {num_classes} classes; give one per output")
+        raise BadInputError(f"{len(label_names)} label names for a head of {num_classes} classes; "
+                            f"give one per output")
     finetuned = any((base_model, task, label_names is not None, num_classes != PRETRAINING_NUM_CLASSES))
     base = _checked_base_model(spec, base_model, finetuned)
+    pending = _is_pending(source_name=source_name, source_sha256=source_sha256,
+                          parity_max_abs_diff=parity_max_abs_diff, parity_tolerance=parity_tolerance,
+                          source_url=source_url, converted_with=converted_with, finetuned=finetuned)
     values = {
         "title": f"{spec.name} fine-tuned from RadiologyNET" if finetuned else f"RadiologyNET {spec.name}",
         "finetuned": finetuned, "repo_id": repo_id, "num_classes": num_classes, "base_model": base, "task": task,
-        "label_names": list(label_names) if label_names is not None else None,
+        "label_names": list(label_names) if label_names is not None else None, "pending": pending,
         **_table_values(spec),
         **_provenance_values(source_name=source_name, source_sha256=source_sha256, source_url=source_url,
                              parity_max_abs_diff=parity_max_abs_diff, parity_tolerance=parity_tolerance,
-                             versions={**converter_versions(), **(converted_with or {})}),
+                             versions=None if pending else {**converter_versions(), **(converted_with or {})}),
     }
     metadata = card_metadata(spec, base_model=base)
     template = _checked_template(set(values) | set(metadata.to_dict()))
     return ModelCard.from_template(metadata, template_str=template, **values)
+
+
+def _is_pending(*, source_name: str | None, source_sha256: str | None, parity_max_abs_diff: float | None,
+                parity_tolerance: float | None, source_url: str | None, converted_with: Mapping[str, str] | None,
+                finetuned: bool) -> bool:
+    """Whether the card is of a conversion still to be made; refuses half a provenance."""
+    measured = {"source_name": source_name, "source_sha256": source_sha256, "parity_max_abs_diff": parity_max_abs_diff}
+    if all(value is not None for value in measured.values()):
+        return False
+    if any(value is not None for value in measured.values()):
+        missing = [name for name, value in measured.items() if value is None]
+        raise BadInputError(f"the card's provenance lacks {', '.join(missing)}; give source_name, source_sha256 and "
+                            f"parity_max_abs_diff of the conversion, or none of them for a pending conversion")
+    extra = {"parity_tolerance": parity_tolerance, "source_url": source_url, "converted_with": converted_with}
+    given = [name for name, value in extra.items() if value is not None]
+    if given:
+        raise BadInputError(f"{', '.join(given)} given for a pending conversion (no source_sha256); a pending card "
+                            f"records no provenance")
+    if finetuned:
+        raise BadInputError("a fine-tune's card needs its conversion's provenance (source_name, source_sha256, "
+                            "parity_max_abs_diff); build it from the converted folder")
+    return True
 
 
 def _table_values(spec: ArchSpec) -> dict[str, Any]:
@@ -119,13 +156,16 @@ def _table_values(spec: ArchSpec) -> dict[str, Any]:
             "input_size": spec.input_size, "classifier": spec.classifier, "original_url": spec.archive_url}
 
 
-def _provenance_values(*, source_name: str, source_sha256: str, source_url: str | None, parity_max_abs_diff: float,
-                       parity_tolerance: float | None, versions: Mapping[str, str]) -> dict[str, Any]:
+def _provenance_values(*, source_name: str | None, source_sha256: str | None, source_url: str | None,
+                       parity_max_abs_diff: float | None, parity_tolerance: float | None,
+                       versions: Mapping[str, str] | None) -> dict[str, Any]:
+    """The template's provenance variables; all ``None`` for a pending conversion."""
     return {"source_name": source_name, "source_sha256": source_sha256, "source_url": source_url,
-            "parity_max_abs_diff": float(parity_max_abs_diff),
+            "parity_max_abs_diff": None if parity_max_abs_diff is None else float(parity_max_abs_diff),
             "parity_tolerance": None if parity_tolerance is None else float(parity_tolerance),
-            "converter_version": versions["rnet_hub"], "torch_version": versions["torch"],
-            "timm_version": versions["timm"]}
+            "converter_version": versions["rnet_hub"] if versions else None,
+            "torch_version": versions["torch"] if versions else None,
+            "timm_version": versions["timm"] if versions else None}
 
 
 def _checked_template(provided: set[str]) -> str:
@@ -141,17 +181,8 @@ def _checked_template(provided: set[str]) -> str:
     text = path.read_text(encoding="utf-8")
     unknown = meta.find_undeclared_variables(jinja2.Environment().parse(text)) - provided - {"card_data"}
     if unknown:
-        raise ValueError(f"the card template {path} uses variables build_card does not provide: {sorted(unknown)}")
+        raise BadInputError(f"the card template {path} uses variables build_card does not provide: {sorted(unknown)}")
     return text
-
-
-def _weights_metadata(folder: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    from ..folder import WEIGHTS_NAME
-
-    with safe_open(folder / WEIGHTS_NAME, framework="pt") as weights:
-        return dict(weights.metadata() or {})
 
 
 def build_card_for_folder(folder: str | os.PathLike[str], *, parity_max_abs_diff: float,
@@ -162,17 +193,16 @@ def build_card_for_folder(folder: str | os.PathLike[str], *, parity_max_abs_diff
 
     ``repo_id`` defaults to the ``hf_hub_id`` recorded at conversion.
     """
-    from ..folder import read_config
-
     folder = Path(folder)
     config = read_config(folder)
-    metadata = _weights_metadata(folder)
+    metadata = read_weights_metadata(folder)
     if "source_sha256" not in metadata:
-        raise ValueError(f"{folder} has no source_sha256 in its model.safetensors metadata; it was not written by "
-                         f"`rnet-hub convert`, so its provenance is unknown: convert the source archive again")
+        raise ConvertedFolderError(f"{folder} has no source_sha256 in its {WEIGHTS_NAME} metadata; it was not "
+                                   f"written by `rnet-hub convert`, so its provenance is unknown: convert the source "
+                                   f"archive again")
     repo = repo_id or config.get("pretrained_cfg", {}).get("hf_hub_id")
     if not repo:
-        raise ValueError(f"{folder}: no repo_id given and none recorded in config.json; pass repo_id")
+        raise BadInputError(f"{folder}: no repo_id given and none recorded in config.json; pass repo_id")
     return build_card(config["architecture"], repo_id=repo, source_name=metadata.get("source_file", "unknown"),
                       source_sha256=metadata["source_sha256"], parity_max_abs_diff=parity_max_abs_diff,
                       parity_tolerance=parity_tolerance, source_url=source_url, num_classes=config["num_classes"],

@@ -1,13 +1,15 @@
 """Publishing all ten models in one safe, repeatable run.
 
 For each model: take its archive (``<archives>/<Name>.tar.gz``) or the authors' published
-URL, convert it (or reuse an earlier conversion of the same source, see ``_batch``), write
-the full model card (``cards``), and push the folder in one commit (``_push``, which retries
-transient failures and uploads nothing when the Hub already holds identical files). A model
-that fails is reported and the others go on; the summary and the return code say which
-failed. ``conversion/manifest.json`` records, per model, the source sha256, the sha256 of
-every pushed file, the commit sha and the parity figure, so a publication can be audited and
-re-verified later by the pinned commit (``verify_published``).
+URL, convert it (or reuse an earlier conversion of the same source, see :mod:`.batch`), write
+the full model card (:mod:`.cards`), and push the folder in one commit (:mod:`.push`, which
+retries transient failures and uploads nothing when the Hub already holds identical files). A
+model that fails is reported and the others go on; the summary and the return code say which
+failed. The manifest, when one is given (the maintainers keep theirs in a checkout's
+``conversion/manifest.json``), records per model the source sha256, the sha256 of every
+pushed file, the commit sha, the parity figure and the card's provenance, so a publication can
+be audited, re-verified later by the pinned commit (:func:`verify_published`) and its card
+rendered again (:func:`model_cards`).
 
 A dry run prints the plan (repository, files, sizes, sha256) and touches no network: local
 archives are converted (the plan needs the files' hashes); a URL is neither downloaded nor
@@ -19,24 +21,25 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..architectures import ArchSpec
+from huggingface_hub import ModelCard
+
+from ..architectures import ARCHITECTURES, DEFAULT_ORG, ArchSpec, find_arch
 from ..archives.download import is_url
-from ..folder import RECORD_NAME
+from ..errors import BadInputError, ConvertedFolderError, PublishedMismatchError
+from ..folder import CARD_NAME, RECORD_NAME, read_weights_metadata
 from ..parity import ParityReport
 from ..version import __version__
-from .batch import Echo, Outcome, Prepared, batch_sources, for_each, prepare, source_url
+from .batch import DEFAULT_WORK_DIR, Echo, Outcome, Prepared, batch_sources, for_each, prepare, source_url
 from .push import LocalFile, PushResult, push_folder
 
-__all__ = ["DEFAULT_MANIFEST", "DEFAULT_WORK_DIR", "PublishReport", "Published", "publish_all", "read_manifest",
-           "verify_published"]
+__all__ = ["DEFAULT_WORK_DIR", "MANIFEST_FORMAT", "PublishReport", "Published", "empty_manifest", "model_card",
+           "model_cards", "publish_all", "read_manifest", "verify_published"]
 
-DEFAULT_MANIFEST = Path("conversion/manifest.json")
-DEFAULT_WORK_DIR = Path("converted")
 MANIFEST_FORMAT = 1
 
 
@@ -88,7 +91,7 @@ class PublishReport:
 
 def publish_all(*, archives: str | os.PathLike[str] | None = None, names: Sequence[str] | None = None,
                 org: str | None = None, work_dir: str | os.PathLike[str] = DEFAULT_WORK_DIR,
-                manifest: str | os.PathLike[str] = DEFAULT_MANIFEST, dry_run: bool = False,
+                manifest: str | os.PathLike[str] | None = None, dry_run: bool = False,
                 revision: str | None = None, private: bool = False, verify_after: bool = False,
                 token: str | None = None, endpoint: str | None = None, cache_dir: Path | None = None,
                 progress: bool = True, echo: Echo = print) -> PublishReport:
@@ -99,11 +102,19 @@ def publish_all(*, archives: str | os.PathLike[str] | None = None, names: Sequen
         names: the models to publish (any names ``find_arch`` accepts); all ten when ``None``.
         org: Hub organisation (default ``$RNET_HUB_ORG`` or ``radiologynet``).
         work_dir: where the converted folders live (``<work_dir>/<timm architecture>``), kept between runs.
-        manifest: the JSON manifest to update (not written by a dry run).
-        verify_after: after pushing, download each model by its commit sha and rerun parity against the source.
+        manifest: the JSON manifest to update after each model (see :func:`read_manifest`); ``None``
+            records nothing. A dry run never writes it.
+        verify_after: after pushing, download each model by its commit sha and rerun parity against the source;
+            a model that does not reproduce it fails with :class:`~rnet_hub.errors.PublishedMismatchError`.
     """
     work = Path(work_dir)
-    manifest_path = Path(manifest)
+    manifest_path = None if manifest is None else Path(manifest)
+    if manifest_path is not None:
+        read_manifest(manifest_path)  # refuse a file that is no manifest before anything is pushed
+
+    def record(published: Published) -> None:
+        if manifest_path is not None:
+            _record(manifest_path, published, revision=revision)
 
     def publish_one(spec: ArchSpec, source: str) -> Published:
         published = _publish_one(spec, source, work / spec.timm_arch, repo_id=spec.repo_id(org), dry_run=dry_run,
@@ -111,14 +122,14 @@ def publish_all(*, archives: str | os.PathLike[str] | None = None, names: Sequen
                                  cache_dir=cache_dir, progress=progress, echo=echo)
         if dry_run:
             return published
-        _record(manifest_path, published, revision=revision)
+        record(published)
         if verify_after:
             published = _verified(published, token=token, endpoint=endpoint, cache_dir=cache_dir,
                                   progress=progress, echo=echo)
-            _record(manifest_path, published, revision=revision)
+            record(published)
             if published.verified is not None and not published.verified.passed:
-                raise AssertionError(f"{published.repo_id}@{published.commit_sha} does not reproduce its source: "
-                                     f"{published.verified}")
+                raise PublishedMismatchError(f"{published.repo_id}@{published.commit_sha} does not reproduce its "
+                                             f"source: {published.verified}")
         return published
 
     outcomes = for_each(batch_sources(archives=archives, names=names), publish_one, echo=echo)
@@ -158,11 +169,18 @@ def _write_card(prepared: Prepared, repo_id: str) -> None:
     from .cards import build_card_for_folder
 
     if prepared.parity_max_abs_diff is None:
-        raise ValueError(f"{prepared.folder}: no parity figure recorded; convert it again")
+        raise ConvertedFolderError(f"{prepared.folder}: no parity figure recorded; convert it again")
     card = build_card_for_folder(prepared.folder, parity_max_abs_diff=prepared.parity_max_abs_diff,
                                  parity_tolerance=prepared.parity_tolerance, repo_id=repo_id,
-                                 source_url=source_url(prepared.source), converted_with=prepared.converted_with)
-    card.save(prepared.folder / "README.md")
+                                 source_url=source_url(prepared.source), converted_with=_card_versions(prepared))
+    card.save(prepared.folder / CARD_NAME)
+
+
+def _card_versions(prepared: Prepared) -> dict[str, str]:
+    """The converter versions the card states: those recorded at conversion, else (older records) these."""
+    from .cards import converter_versions
+
+    return {**converter_versions(), **(prepared.converted_with or {})}
 
 
 def _echo_push(result: PushResult, echo: Echo) -> None:
@@ -182,12 +200,11 @@ def verify_published(repo_id: str, *, revision: str, against: str | os.PathLike[
                      endpoint: str | None = None, cache_dir: Path | None = None,
                      progress: bool = True) -> ParityReport:
     """Download ``repo_id`` at ``revision`` (pin a commit sha) and rerun parity against the source archive."""
-    from huggingface_hub import snapshot_download
-
     from ..converter import verify
+    from ..hub import download_model_files
 
     with tempfile.TemporaryDirectory(prefix="rnet-hub-verify-") as tmp:
-        folder = snapshot_download(repo_id, revision=revision, local_dir=tmp, token=token, endpoint=endpoint)
+        folder = download_model_files(repo_id, revision=revision, local_dir=tmp, token=token, endpoint=endpoint)
         return verify(folder, against, cache_dir=cache_dir, progress=progress)
 
 
@@ -201,15 +218,31 @@ def _verified(published: Published, *, token: str | None, endpoint: str | None, 
 
 
 # ------------------------------------------------------------------ manifest
-def read_manifest(path: str | os.PathLike[str] = DEFAULT_MANIFEST) -> dict[str, Any]:
-    """The manifest as a dict (``{"format": 1, "models": {Name: entry}}``); empty when there is none yet."""
+def empty_manifest() -> dict[str, Any]:
+    """A manifest that records nothing yet (what :func:`read_manifest` returns for a missing file)."""
+    return {"format": MANIFEST_FORMAT, "models": {}}
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest at ``path`` as a dict, ``{"format": 1, "models": {Name: entry}}``; empty when there is none yet.
+
+    An entry (one per published model, keyed by its legacy name, e.g. ``ResNet50``) holds ``repo_id``,
+    ``revision``, ``commit_sha``, ``commit_url``, ``source`` (path or URL), ``source_name``,
+    ``source_sha256``, ``weights_sha256``, ``files`` (path -> size, sha256), ``parity``
+    (``max_abs_diff``, ``tolerance``), ``converted_with`` (rnet_hub/torch/timm versions of the
+    conversion), ``converter`` (the rnet_hub that published it) and, after ``verify_after``,
+    ``verified_at_commit``.
+    """
     path = Path(path)
     if not path.is_file():
-        return {"format": MANIFEST_FORMAT, "models": {}}
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not an rnet-hub manifest of format {MANIFEST_FORMAT}; move it away or pass "
-                         f"another --manifest")
+        return empty_manifest()
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise BadInputError(f"{path} is not an rnet-hub manifest of format {MANIFEST_FORMAT}; move it away or "
+                            f"pass another --manifest")
     return manifest
 
 
@@ -222,10 +255,12 @@ def _entry(published: Published, revision: str | None) -> dict[str, Any]:
         "commit_sha": published.commit_sha,
         "commit_url": published.commit_url,
         "source": prepared.source,
+        "source_name": read_weights_metadata(prepared.folder).get("source_file", "unknown"),
         "source_sha256": prepared.source_sha256,
         "weights_sha256": prepared.weights_sha256,
         "files": {f.path: {"size": f.size, "sha256": f.sha256} for f in published.files},
         "parity": {"max_abs_diff": prepared.parity_max_abs_diff, "tolerance": prepared.parity_tolerance},
+        "converted_with": _card_versions(prepared),
         "converter": f"rnet_hub {__version__}",
     }
     if published.verified is not None:
@@ -242,3 +277,39 @@ def _record(path: Path, published: Published, *, revision: str | None) -> None:
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     staging.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(staging, path)
+
+
+# ------------------------------------------------------------------ cards of the published models
+def model_card(spec: ArchSpec | str, manifest: Mapping[str, Any]) -> ModelCard:
+    """The card ``publish_all`` pushes for ``spec``: from its manifest entry, or pending when it has none.
+
+    A model the manifest records gets the card its publication pushed (same repository, source,
+    sha256, parity and converter versions). Any other gets the card of
+    ``radiologynet/<timm architecture>`` with its provenance marked pending (see
+    :func:`rnet_hub.publish.cards.build_card`); neither reads ``$RNET_HUB_ORG`` or installed versions,
+    so the text depends only on the manifest and this package.
+    """
+    from .cards import build_card
+
+    spec = spec if isinstance(spec, ArchSpec) else find_arch(spec)
+    entry = manifest.get("models", {}).get(spec.name)
+    if entry is None:
+        return build_card(spec, repo_id=spec.repo_id(DEFAULT_ORG), source_name=None, source_sha256=None,
+                          parity_max_abs_diff=None)
+    missing = [key for key in ("repo_id", "source", "source_name", "source_sha256", "parity", "converted_with")
+               if key not in entry]
+    if missing:
+        raise BadInputError(f"the manifest entry of {spec.name} lacks {', '.join(missing)} (recorded by an older "
+                            f"rnet_hub); publish it again, which uploads nothing when unchanged and rewrites the entry")
+    return build_card(spec, repo_id=entry["repo_id"], source_name=entry["source_name"],
+                      source_sha256=entry["source_sha256"], parity_max_abs_diff=entry["parity"]["max_abs_diff"],
+                      parity_tolerance=entry["parity"]["tolerance"], source_url=source_url(entry["source"]),
+                      converted_with=entry["converted_with"])
+
+
+def model_cards(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The ten cards :func:`model_card` renders, as ``{"<timm architecture>.md": text}`` in table order.
+
+    The text is byte for byte the ``README.md`` that would be pushed.
+    """
+    return {f"{spec.timm_arch}.md": str(model_card(spec, manifest)) for spec in ARCHITECTURES}

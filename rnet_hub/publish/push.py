@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import PushError
+from ..errors import BadInputError, PushError
 from ..folder import read_config
+from ..hub import hf_api
+from ..names import local_folder
 
 __all__ = ["LocalFile", "PushResult", "RetryPolicy", "plan_upload", "push_folder",
            "remote_differences", "remote_matches_local"]
@@ -91,13 +93,12 @@ class PushResult:
 def plan_upload(folder: str | os.PathLike[str]) -> tuple[LocalFile, ...]:
     """The files a push of ``folder`` uploads (hidden files and folders left out), with sha256.
 
-    Raises ``FileNotFoundError``/``ValueError`` unless ``folder`` is a converted model folder.
+    ``folder`` is a local model name (a folder, or ``local-dir:DIR``; see :mod:`rnet_hub.names`).
+    Raises :class:`~rnet_hub.errors.BadInputError` unless it is a converted model folder.
     """
     from huggingface_hub.utils.sha import sha_fileobj
 
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder; pass the output folder of `rnet-hub convert`")
+    root = local_folder(folder)
     read_config(root)  # config.json + model.safetensors, or a clear error
     files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -123,10 +124,14 @@ def push_folder(folder: str | os.PathLike[str], *, repo_id: str, revision: str |
     from huggingface_hub import constants
     from huggingface_hub.utils import validate_repo_id
 
-    validate_repo_id(repo_id)
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as exc:
+        raise BadInputError(f"--repo-id {repo_id!r} is not a Hub repository id ({exc}); write org/name") from exc
+    folder = local_folder(folder)
     files = plan_upload(folder)
     if create_pr and revision not in (None, "main"):
-        raise ValueError(f"--create-pr opens a pull request against main; leave out --revision {revision}")
+        raise BadInputError(f"--create-pr opens a pull request against main; leave out --revision {revision}")
     target = revision or "main"
     if dry_run:
         return PushResult(repo_id, target, files, dry_run=True, changed=False)
@@ -164,11 +169,7 @@ def remote_matches_local(folder: str | os.PathLike[str], repo_id: str, revision:
 
 # ------------------------------------------------------------------ internals
 def _api(endpoint: str | None, token: str | None) -> Any:
-    from huggingface_hub import HfApi
-
-    from ..version import __version__
-
-    return HfApi(endpoint=endpoint, token=token, library_name="rnet-hub", library_version=__version__)
+    return hf_api(endpoint=endpoint, token=token)
 
 
 def _push(folder: Path, files: tuple[LocalFile, ...], api: Any, *, repo_id: str, target: str, private: bool,
