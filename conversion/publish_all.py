@@ -12,51 +12,24 @@ conversion/render_cards.py to update model_cards/ from it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnet_hub.errors import RnetHubError
-from rnet_hub.publish.pipeline import DEFAULT_WORK_DIR, publish_all
+from rnet_hub.cli import main as rnet_hub_main
 
 MANIFEST = Path(__file__).resolve().parent / "manifest.json"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archives", type=Path, help="folder with <Name>.tar.gz (default: the published URLs)")
-    parser.add_argument("--only", help="comma-separated model names (default: all ten)")
-    parser.add_argument("--org", help="Hub organisation (default $RNET_HUB_ORG or radiologynet)")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                        help="converted folders, kept between runs (default converted/)")
-    parser.add_argument("--manifest", type=Path, default=MANIFEST,
-                        help="the manifest to update (default conversion/manifest.json)")
-    parser.add_argument("--revision", help="branch to commit to (default main)")
-    parser.add_argument("--private", action="store_true", help="create new repositories private")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan (repository, files, sizes, sha256); no upload, no manifest")
-    parser.add_argument("--verify", action="store_true",
-                        help="after pushing, download each model by its commit sha and rerun parity")
-    parser.add_argument("--cache-dir", type=Path, help="download cache for URLs (default ~/.cache/rnet_hub)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    names = [n.strip() for n in args.only.split(",")] if args.only else None
-    try:
-        report = publish_all(archives=args.archives, names=names, org=args.org, work_dir=args.work_dir,
-                             manifest=args.manifest, dry_run=args.dry_run, revision=args.revision,
-                             private=args.private, verify_after=args.verify, cache_dir=args.cache_dir,
-                             progress=not args.quiet)
-    except RnetHubError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    if not args.dry_run:
+    """``rnet-hub publish-all`` with this folder's manifest unless ``--manifest`` is given (``--help`` lists all)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--manifest" or a.startswith("--manifest=") for a in args):
+        args = ["--manifest", str(MANIFEST), *args]
+    code = rnet_hub_main(["publish-all", *args])
+    if code == 0 and "--dry-run" not in args:
         print("next: python conversion/render_cards.py  (model_cards/ from the updated manifest)")
-    return report.exit_code
+    return code
 
 
 if __name__ == "__main__":

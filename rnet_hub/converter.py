@@ -27,13 +27,14 @@ from .architectures import ArchSpec, find_arch
 from .archives.download import is_url
 from .archives.extract import file_sha256
 from .errors import BadInputError, ParityError
-from .folder import CONFIG_NAME, WEIGHTS_NAME, atomic_output, build_config, read_config, refuse_existing
+from .folder import CONFIG_NAME, WEIGHTS_NAME, build_config, read_config
 from .legacy.checkpoint import LegacyCheckpoint, Source, open_legacy_checkpoint
 from .legacy.keymap import check_against, legacy_to_timm
 from .legacy.recognise import detect_architecture
 from .loading import build_timm_on_meta, load_timm_from_dir, resolve_model_dir
 from .parity import ParityReport, compare_logits, parity_input, run_logits
 from .publish.cards import build_card
+from .staging import atomic_output, refuse_existing
 from .version import __version__
 
 __all__ = ["ConversionResult", "convert", "verify"]
@@ -106,13 +107,13 @@ def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
         arch: the architecture (legacy name, alias or timm name); detected from the keys when omitted.
         label_names: one name per output class, stored in ``config.json`` as ``label_names``.
         repo_id: the Hub repository the folder is meant for (recorded as ``hf_hub_id``).
-        overwrite: replace an existing ``out_dir``.
+        overwrite: replace an earlier output at ``out_dir`` (or use an empty folder); see :mod:`rnet_hub.staging`.
 
     Raises:
         ParityError: the converted model does not reproduce the original logits.
         KeyMapError: the mapped weights do not fill the timm model exactly.
         SourceError, UnknownArchitectureError, HeadShapeError: the source is not a RadiologyNET checkpoint.
-        OutputExistsError: ``out_dir`` exists and ``overwrite`` is false.
+        OutputExistsError: ``out_dir`` exists and may not be replaced (see :func:`rnet_hub.staging.refuse_existing`).
         BadInputError: ``label_names`` does not give one name per class.
     """
     if out_dir is not None:

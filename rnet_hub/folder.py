@@ -1,47 +1,40 @@
-"""The converted-folder format: its file names, ``config.json``, safetensors metadata, atomic output.
+"""The converted-folder format: its file names, ``config.json`` and safetensors metadata.
 
 A converted folder holds ``model.safetensors`` + ``config.json`` (+ ``README.md``, the card),
 the layout timm's ``local-dir:``/``hf-hub:`` loaders and transformers' TimmWrapper read.
-Every module that reads or writes one asks this module, so the format has one owner.
+Every module that reads or writes one asks this module, so the format has one owner;
+:mod:`rnet_hub.staging` writes the folder atomically.
 
 ``pretrained_cfg`` describes the pretraining preprocessing (facts file, section
 "Preprocessing used in pretraining"): letterbox to the native size with zero padding
 (crop_mode ``border``, crop_pct 1.0, bilinear), values in [0, 1] (mean 0, std 1).
 ``model_args`` never holds ``num_classes``: transformers' TimmWrapper passes that itself.
-
-The folder is written atomically: everything goes into a hidden temporary sibling that is
-renamed into place only when the block succeeds, so a failed or interrupted conversion
-leaves nothing behind. Torch-free: the CLI checks the output folder before it imports torch.
+Torch-free.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .architectures import ArchSpec
-from .errors import ConvertedFolderError, OutputExistsError
+from .errors import ConvertedFolderError
 from .version import __version__
 
 __all__ = [
     "CARD_NAME",
     "CONFIG_NAME",
+    "OUTPUT_NAMES",
     "PAPER_DOI",
     "RECORD_NAME",
     "WEIGHTS_NAME",
-    "atomic_output",
     "build_config",
     "is_converted_folder",
     "pretrained_cfg",
     "read_config",
     "read_weights_metadata",
-    "refuse_existing",
     "weights_metadata",
     "write_config",
 ]
@@ -108,7 +101,15 @@ def read_config(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not is_converted_folder(model_dir):
         raise ConvertedFolderError(f"{model_dir} is not a converted model folder (it needs {CONFIG_NAME} and "
                                    f"{WEIGHTS_NAME}); create one with `rnet-hub convert ARCHIVE --out DIR`")
-    return json.loads((Path(model_dir) / CONFIG_NAME).read_text())
+    path = Path(model_dir) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConvertedFolderError(f"{path} is not valid JSON ({exc}); convert the model again") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise ConvertedFolderError(f"{path} names no timm architecture (its 'architecture' field); "
+                                   f"convert the model again")
+    return config
 
 
 def write_config(folder: Path, config: dict[str, Any]) -> None:
@@ -130,38 +131,7 @@ def read_weights_metadata(folder: str | os.PathLike[str]) -> dict[str, str]:
         return dict(weights.metadata() or {})
 
 
-
-def refuse_existing(out_dir: Path, overwrite: bool) -> None:
-    """Raise :class:`OutputExistsError` unless ``out_dir`` is free (or may be replaced)."""
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} already exists; choose another --out or pass --overwrite")
-
-
-@contextlib.contextmanager
-def atomic_output(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir``; rename it into place only on success."""
-    refuse_existing(out_dir, overwrite)
-    created = [p for p in (out_dir.parent, *out_dir.parent.parents) if not p.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        yield staging
-        _apply_umask(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # innermost first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-
-
-def _apply_umask(folder: Path) -> None:
-    """Give the staged folder ordinary permissions (mkdtemp and safetensors create private ones)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+#: Every file a conversion writes into its folder (the batch adds its hidden record). An existing folder that
+#: holds ``config.json`` and ``model.safetensors`` and nothing but these, all plain files, is an earlier
+#: output: the only kind of folder ``overwrite`` replaces (besides an empty one).
+OUTPUT_NAMES = frozenset({CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, RECORD_NAME})

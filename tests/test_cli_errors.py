@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-import rnet_hub.folder
+import rnet_hub.staging
 from rnet_hub.cli import main
 from rnet_hub.errors import (
     BadInputError,
@@ -97,12 +97,12 @@ def test_script_failed_parity_is_exit_1(converted_dir, tmp_path):
 _BUG = """
 import sys
 import rnet_hub.cli
-import rnet_hub.folder
+import rnet_hub.staging
 
 def boom(out_dir, overwrite):
     raise RuntimeError("boom")
 
-rnet_hub.folder.refuse_existing = boom  # what `convert --out` calls first
+rnet_hub.staging.refuse_existing = boom  # what `convert --out` calls first
 sys.argv = ["rnet-hub", "convert", "archive.tar.gz", "--out", "out"]
 rnet_hub.cli.run()
 """
@@ -144,7 +144,7 @@ def _patch_command(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> lis
     def fail(out_dir: Path, overwrite: bool) -> None:
         raise error
 
-    monkeypatch.setattr(rnet_hub.folder, "refuse_existing", fail)
+    monkeypatch.setattr(rnet_hub.staging, "refuse_existing", fail)
     return ["convert", "archive.tar.gz", "--out", "out"]
 
 

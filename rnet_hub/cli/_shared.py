@@ -39,7 +39,7 @@ def writing_to(target: Path, option: str, *, beside: tuple[str, ...] = ()) -> It
     full, ...) into a :class:`BadInputError` naming the option and the path; other errors pass unchanged.
 
     ``beside``: name prefixes of the files the writer puts next to ``target`` (temporary files, other
-    extensions); the hidden staging folder of :func:`rnet_hub.folder.atomic_output`, ``.<name>.*``,
+    extensions); the hidden staging folder of :func:`rnet_hub.staging.atomic_output`, ``.<name>.*``,
     always counts.
     """
     try:

@@ -79,7 +79,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     """Convert SOURCE and print the result (a failed parity check raises :class:`ParityError`)."""
     label_names = _read_label_names(args)  # a missing file fails before anything is read or imported
     if args.out is not None:
-        from ..folder import refuse_existing
+        from ..staging import refuse_existing
 
         refuse_existing(args.out, args.overwrite)  # before the archive is read or torch imported
     with started_extraction(args.source, args.quiet) as extraction:
@@ -118,7 +118,8 @@ def _add_convert(sub: SubParsers) -> None:
     labels = parser.add_mutually_exclusive_group()
     labels.add_argument("--label-names", help="comma-separated class names, one per output of the head")
     labels.add_argument("--label-names-file", type=Path, help="file with one class name per line")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier output folder (or use an empty one); other folders are never replaced")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_convert)
 

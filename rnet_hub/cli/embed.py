@@ -36,7 +36,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     with writing_to(stem, "--out", beside=(f"{stem.name}.",)):  # STEM.npy, STEM.csv, ...
         report = embed(args.inputs, model=args.model, out=args.out, batch_size=args.batch_size,
                        num_workers=args.num_workers, resume=args.resume, stage=args.stage, faithful=args.faithful,
-                       device=args.device, progress=not args.quiet)
+                       device=args.device, file_timeout=args.file_timeout, progress=not args.quiet)
     print(report)
     return 0
 
@@ -63,5 +63,7 @@ def add_parser(sub: SubParsers) -> None:
     parser.add_argument("--faithful", action="store_true",
                         help="the exact pretraining resize chain (letterbox to 224, then OpenCV to the native size)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--file-timeout", type=float, default=60, metavar="SECONDS",
+                        help="skip (and list) a file that takes longer than this to read (0: no limit; default 60)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cmd_embed)

@@ -63,7 +63,9 @@ def _add_publish_all(sub: SubParsers) -> None:
     parser.add_argument("--only", help="comma-separated model names (default: all ten)")
     parser.add_argument("--org", help="Hub organisation (default $RNET_HUB_ORG or radiologynet)")
     parser.add_argument("--work-dir", type=Path, help="converted folders, kept between runs (default converted/)")
-    parser.add_argument("--manifest", type=Path, help="the manifest to update (default conversion/manifest.json)")
+    parser.add_argument("--manifest", type=Path,
+                        help="the manifest to record what landed in (default: none; "
+                             "python conversion/publish_all.py uses conversion/manifest.json)")
     parser.add_argument("--revision", help="branch to commit to (default main)")
     parser.add_argument("--private", action="store_true", help="create new repositories private")
     parser.add_argument("--dry-run", action="store_true",

@@ -55,21 +55,38 @@ Best-effort rules (:attr:`Frame.faithful` is false), in this order:
   99.5th percentile of the modality values (min-max when those coincide).
 * MONOCHROME1 frames made by a best-effort rule are inverted so that bone is bright.
 
+Hostile files: only regular files (or symlinks to them) are opened; FIFOs, sockets, devices
+and dangling symlinks raise :class:`~rnet_hub.errors.ImageReadError` unopened. A DICOM header
+whose Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated/8 is larger than the
+pixel data the file holds (uncompressed) or than :data:`MAX_PIXEL_BYTES` (compressed; the
+``RNET_HUB_MAX_PIXEL_BYTES`` environment variable overrides it) is refused before decoding.
+
 pydicom and OpenCV are optional (``pip install "rnet-hub[dicom]"``, ``"rnet-hub[faithful]"``);
 compressed transfer syntaxes need pydicom's pixel handlers (``"rnet-hub[dicom-codecs]"``).
 """
 
 from __future__ import annotations
 
-import math
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageReadError, MissingExtraError
+from ..errors import BadInputError, ImageReadError, MissingExtraError
+from .export_rules import (
+    EXPORT_MODALITIES,
+    FALLBACK_PERCENTILES,
+    Window,
+    apply_window,
+    best_effort_grey,
+    colour_frame,
+    export_frame,
+    export_plan,
+)
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -77,6 +94,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPORT_MODALITIES",
     "FALLBACK_PERCENTILES",
+    "MAX_PIXEL_BYTES",
     "PRETRAINING_EXPORT_SIZE",
     "Frame",
     "apply_window",
@@ -85,17 +103,13 @@ __all__ = [
     "load_frames",
 ]
 
-EXPORT_MODALITIES = ("MR", "CR", "NM", "CT", "RF", "XA")
 PRETRAINING_EXPORT_SIZE = 224
-FALLBACK_PERCENTILES = (0.5, 99.5)
-
-_SINGLE_WINDOW_MODALITIES = ("MR", "CR", "NM", "RF")
 _DICOM_EXTRA = 'pip install "rnet-hub[dicom]"'
 _CODECS_EXTRA = 'pip install "rnet-hub[dicom-codecs]"'
 
-Window = tuple[float, float]
-Rescale = tuple[float, float]
-
+MAX_PIXEL_BYTES = 2 * 1024**3
+"""Most decoded bytes a compressed DICOM may claim (``RNET_HUB_MAX_PIXEL_BYTES`` overrides it)."""
+_MAX_PIXEL_BYTES_ENV = "RNET_HUB_MAX_PIXEL_BYTES"
 
 @dataclass(frozen=True)
 class Frame:
@@ -125,251 +139,6 @@ class Frame:
 
 
 # ---------------------------------------------------------------------------------------
-# The export's arithmetic
-# ---------------------------------------------------------------------------------------
-
-def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """The export's linear window, in float64, *not yet truncated*.
-
-    ``v <= c - w/2`` -> 0, ``v > c + w/2`` -> 255, else ``(v - c + w/2) / w * 255``,
-    evaluated in that order so that the later ``floor`` matches the export bit for bit.
-    """
-    out = np.empty(values.shape, dtype=np.float64)
-    low = values <= center - width / 2
-    high = values > center + width / 2
-    mid = ~(low | high)
-    out[low] = 0.0
-    out[high] = 255.0
-    out[mid] = (values[mid].astype(np.float64) - center + width / 2) / width * 255
-    return out
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """The export's final ``np.uint8(...)`` cast: truncation (floor for values in [0, 255])."""
-    return np.floor(values).astype(np.uint8)
-
-
-def _modality_values(pixels: np.ndarray, rescale: Rescale | None) -> np.ndarray:
-    """Stored values x slope + intercept (float64), or the stored integers when there is no rescale."""
-    if rescale is None:
-        return pixels
-    slope, intercept = rescale
-    return pixels * slope + intercept
-
-
-def _export_frame(pixels: np.ndarray, window: Window, rescale: Rescale | None, *, invert: bool) -> np.ndarray:
-    """One exported frame. Without rescale the export windowed integer pixels in place (it
-    truncated before a CR inversion); with it, it inverted the float values, then truncated."""
-    windowed = apply_window(_modality_values(pixels, rescale), *window)
-    if invert:
-        if rescale is None:
-            windowed = np.floor(windowed)
-        windowed = 255.0 - windowed
-    return _to_uint8(windowed)
-
-
-# ---------------------------------------------------------------------------------------
-# Reading tags the way the exporter did
-# ---------------------------------------------------------------------------------------
-
-def _single_window(item: Any) -> Window | None:
-    """``float(WindowCenter), float(WindowWidth)``; None when absent, multi-valued or width <= 0."""
-    try:
-        center, width = float(item.WindowCenter), float(item.WindowWidth)
-    except (AttributeError, TypeError, ValueError, KeyError):
-        return None
-    return (center, width) if width > 0 and math.isfinite(center) and math.isfinite(width) else None
-
-
-def _all_windows(item: Any) -> list[Window]:
-    """Every listed (center, width) pair, single- or multi-valued; [] when unusable."""
-    single = _single_window(item)
-    if single is not None:
-        return [single]
-    centers, widths = item.get("WindowCenter"), item.get("WindowWidth")
-    try:
-        pairs = [(float(c), float(w)) for c, w in zip(centers, widths)]  # noqa: B905 - the export zipped
-    except (TypeError, ValueError):
-        return []
-    return [p for p in pairs if p[1] > 0]
-
-
-def _first_window(item: Any) -> Window | None:
-    windows = _all_windows(item)
-    return windows[0] if windows else None
-
-
-def _rescale(item: Any) -> Rescale | None:
-    """``float(RescaleSlope), float(RescaleIntercept)``; None (export: 1 and 0) unless both read."""
-    try:
-        return float(item.RescaleSlope), float(item.RescaleIntercept)
-    except (AttributeError, TypeError, ValueError, KeyError):
-        return None
-
-
-def _group_item(ds: Dataset, frame: int | None, sequence: str) -> Any | None:
-    """Item 0 of ``sequence`` in the per-frame (``frame`` given) or shared functional groups."""
-    try:
-        groups = ds.PerFrameFunctionalGroupsSequence[frame] if frame is not None \
-            else ds.SharedFunctionalGroupsSequence[0]
-        return groups[sequence][0] if sequence in groups else None
-    except (AttributeError, IndexError, KeyError, TypeError):
-        return None
-
-
-def _per_frame_window(ds: Dataset, frame: int) -> Window | None:
-    item = _group_item(ds, frame, "FrameVOILUTSequence")
-    return _single_window(item) if item is not None else None
-
-
-def _per_frame_rescale(ds: Dataset, frame: int) -> Rescale | None:
-    item = _group_item(ds, frame, "PixelValueTransformationSequence")
-    return _rescale(item) if item is not None else None
-
-
-def _any_window(ds: Dataset, frame: int) -> Window | None:
-    """Best-effort window lookup: per-frame groups, shared groups, top level (first value)."""
-    for item in (_group_item(ds, frame, "FrameVOILUTSequence"),
-                 _group_item(ds, None, "FrameVOILUTSequence"), ds):
-        window = _first_window(item) if item is not None else None
-        if window is not None:
-            return window
-    return None
-
-
-def _any_rescale(ds: Dataset, frame: int) -> Rescale | None:
-    for item in (_group_item(ds, frame, "PixelValueTransformationSequence"),
-                 _group_item(ds, None, "PixelValueTransformationSequence"), ds):
-        rescale = _rescale(item) if item is not None else None
-        if rescale is not None:
-            return rescale
-    return None
-
-
-# ---------------------------------------------------------------------------------------
-# Export plans: which (frame, window, rescale) the exporter wrote for a dataset
-# ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Planned:
-    """One image the exporter would write: ``window`` None means it wrote nothing (best-effort);
-    ``exact`` False means an export slip is not reproduced (best-effort rule ``"window"``)."""
-
-    frame: int
-    window: Window | None
-    rescale: Rescale | None = None
-    exact: bool = True
-    note: str = ""
-
-
-def _skipped(n_frames: int, note: str) -> list[_Planned]:
-    return [_Planned(i, None, note=note) for i in range(n_frames)]
-
-
-def _plan_single_window(ds: Dataset, modality: str, n_frames: int, multi: bool) -> list[_Planned]:
-    """MR, CR, NM, RF: one window per image."""
-    if not multi:
-        window = _single_window(ds)
-        note = "" if window else f"{modality} without a single WindowCenter/WindowWidth: the export skipped it"
-        return [_Planned(0, window, _rescale(ds), note=note)]
-    if modality in ("CR", "RF"):
-        return _skipped(n_frames, f"multi-frame {modality}: the export wrote nothing")
-    if modality == "NM":
-        return [_Planned(i, _per_frame_window(ds, i) or _single_window(ds), _rescale(ds), note="NM without a window")
-                for i in range(n_frames)]
-    plans = []
-    for i in range(n_frames):
-        window, rescale = _per_frame_window(ds, i), _per_frame_rescale(ds, i)
-        if window is None:
-            plans.append(_Planned(i, None, note="MR frame without a per-frame window: the export skipped it"))
-        elif rescale is None:
-            plans.append(_Planned(i, window, _any_rescale(ds, i), exact=False,
-                                  note="MR frame without a per-frame rescale (the export used slope 0 here)"))
-        else:
-            plans.append(_Planned(i, window, rescale))
-    return plans
-
-
-def _plan_multi_window(ds: Dataset, modality: str, n_frames: int, multi: bool) -> list[_Planned]:
-    """CT, XA: one image per listed window."""
-    windows = _all_windows(ds)
-    if not windows:
-        return _skipped(n_frames, f"{modality} without a usable window: the export skipped it")
-    if modality == "CT" and multi:
-        return _skipped(n_frames, "multi-frame CT: the export wrote nothing")
-    if modality == "CT" and len(windows) > 1 and "WindowCenterWidthExplanation" not in ds:
-        return _skipped(1, "CT with several windows and no WindowCenterWidthExplanation: the export skipped it")
-    rescale = _rescale(ds)
-    slip = "XA multi-frame with several windows: the export windowed windowed pixels here"
-    return [_Planned(i, window, rescale, exact=not (multi and k > 0), note=slip if multi and k > 0 else "")
-            for i in range(n_frames) for k, window in enumerate(windows)]
-
-
-def _export_plan(ds: Dataset, modality: str, n_frames: int, multi: bool) -> list[_Planned]:
-    if modality not in EXPORT_MODALITIES:
-        return _skipped(n_frames, f"modality {modality or '(missing)'} was not in the pretraining export")
-    if modality in _SINGLE_WINDOW_MODALITIES:
-        return _plan_single_window(ds, modality, n_frames, multi)
-    return _plan_multi_window(ds, modality, n_frames, multi)
-
-
-# ---------------------------------------------------------------------------------------
-# Best-effort rules
-# ---------------------------------------------------------------------------------------
-
-def _scale_to_uint8(values: np.ndarray, top: float) -> np.ndarray:
-    return np.rint(np.clip(values.astype(np.float64), 0, top) * (255.0 / top)).astype(np.uint8) if top > 0 \
-        else np.zeros(values.shape, np.uint8)
-
-
-def _colour_frame(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
-    """8-bit RGB from pydicom's RGB (or palette-looked-up) pixels."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    bits = 16 if ds.get("PhotometricInterpretation") == "PALETTE COLOR" else int(ds.get("BitsStored", 16))
-    return _scale_to_uint8(pixels, float(2 ** bits - 1))
-
-
-def _voi_lut_frame(ds: Dataset, values: np.ndarray) -> np.ndarray:
-    """pydicom's VOI LUT, scaled from the LUT's own output range to 0-255."""
-    from pydicom.pixels import apply_voi
-
-    item = ds.VOILUTSequence[0]
-    n_entries, first = int(item.LUTDescriptor[0]) or 2 ** 16, int(item.LUTDescriptor[1])
-    table = apply_voi(np.arange(first, first + n_entries, dtype=np.int64), ds).astype(np.float64)
-    lo, hi = float(table.min()), float(table.max())
-    mapped = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
-    return _scale_to_uint8(mapped - lo, hi - lo)
-
-
-def _percentile_window(values: np.ndarray) -> Window | None:
-    lo, hi = (float(v) for v in np.percentile(values, FALLBACK_PERCENTILES))
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
-    return ((lo + hi) / 2, hi - lo) if hi > lo else None
-
-
-def _best_effort_grey(ds: Dataset, pixels: np.ndarray, frame: int) -> tuple[np.ndarray, str, Window | None]:
-    """(uint8 frame, rule, window) for a grey frame the export would not have written."""
-    from pydicom.pixels import apply_modality_lut
-
-    if "ModalityLUTSequence" in ds:
-        values = apply_modality_lut(pixels, ds).astype(np.float64)
-    else:
-        values = _modality_values(pixels, _any_rescale(ds, frame)).astype(np.float64)
-    if ds.get("VOILUTSequence"):
-        out, rule, window = _voi_lut_frame(ds, values), "voi-lut", None
-    else:
-        window, rule = _any_window(ds, frame), "window"
-        if window is None:
-            window, rule = _percentile_window(values), "percentile"
-        out = _to_uint8(apply_window(values, *window)) if window else np.zeros(values.shape, np.uint8)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        out = 255 - out
-    return out, rule, window
-
-
-# ---------------------------------------------------------------------------------------
 # Reading files
 # ---------------------------------------------------------------------------------------
 
@@ -381,8 +150,34 @@ def _import_pydicom() -> Any:
     return pydicom
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _require_regular_file(where: str) -> None:
+    """Refuse, without opening it, anything but a regular file or a symlink to one: opening a FIFO
+    blocks until a writer comes, and a device such as ``/dev/zero`` never ends."""
+    try:
+        mode = os.stat(where).st_mode
+    except OSError as exc:
+        if not os.path.islink(where):
+            raise ImageReadError(f"{where} cannot be read: {exc.strerror or exc}") from exc
+        if exc.errno == errno.ENOENT:
+            raise ImageReadError(f"{where} is a symlink to {os.readlink(where)}, which does not exist") from exc
+        raise ImageReadError(f"{where} is a symlink to {os.readlink(where)} that cannot be followed "
+                             f"({exc.strerror or exc})") from exc
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    link = f" (a symlink to {os.readlink(where)})" if os.path.islink(where) else ""
+    raise ImageReadError(f"{where} is {kind}{link}, not a regular file; only regular files are read")
+
+
 def is_dicom(path: str | os.PathLike[str]) -> bool:
-    """True when the file carries the DICOM preamble marker ``DICM`` at byte 128."""
+    """True when the file carries the DICOM preamble marker ``DICM`` at byte 128 (False, unopened,
+    for anything but a regular file: a FIFO, a socket, a device)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return False
     with open(path, "rb") as fh:
         head = fh.read(132)
     return len(head) == 132 and head[128:] == b"DICM"
@@ -403,6 +198,7 @@ def _decode(ds: Dataset, where: str) -> np.ndarray:
         if not decoder.is_available:
             raise MissingExtraError(f"{where}: pixel data is compressed ({syntax.name}) and no decoder is installed: "
                                     f"{_CODECS_EXTRA}")
+    _check_pixel_size(ds, where, syntax)
     try:
         pixels = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
@@ -415,6 +211,55 @@ def _decode(ds: Dataset, where: str) -> np.ndarray:
 
         pixels = apply_color_lut(pixels, ds)
     return pixels
+
+
+def _max_pixel_bytes() -> int:
+    given = os.environ.get(_MAX_PIXEL_BYTES_ENV, "").strip()
+    if not given:
+        return MAX_PIXEL_BYTES
+    try:
+        return int(given)
+    except ValueError:
+        raise BadInputError(f"{_MAX_PIXEL_BYTES_ENV} must be a whole number of bytes, got {given!r}") from None
+
+
+def _size(count: int) -> str:
+    """``count`` bytes for people: 8.0 GiB, 12.3 MiB, 512 bytes."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count} bytes"
+
+
+def _check_pixel_size(ds: Dataset, where: str, syntax: Any) -> None:
+    """Refuse a header that claims more pixels than the file could hold before pydicom allocates them:
+    uncompressed pixel data must be in the file; compressed data may decode to at most the ceiling."""
+    try:
+        rows, columns, samples, bits = (int(ds.get(k) or 0) for k in ("Rows", "Columns", "SamplesPerPixel",
+                                                                       "BitsAllocated"))
+        frames = max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(f"{where}: an image size tag (Rows, Columns, NumberOfFrames, SamplesPerPixel, "
+                             f"BitsAllocated) is not a number ({exc})") from exc
+    samples = max(samples, 1)
+    claimed = (rows * columns * frames * samples * bits + 7) // 8
+    what = (f"{where} claims {frames} frame{'s' if frames != 1 else ''} of {rows} x {columns} x {samples} "
+            f"sample{'s' if samples != 1 else ''} at {bits} bits = {_size(claimed)}")
+    if syntax is not None and syntax.is_compressed:
+        ceiling = _max_pixel_bytes()
+        if claimed > ceiling:
+            raise ImageReadError(f"{what} decoded, more than the {_size(ceiling)} allowed for compressed pixel "
+                                 f"data (set {_MAX_PIXEL_BYTES_ENV} to allow more)")
+        return
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        claimed = claimed * 2 // 3  # stored with the chroma halved
+    data = ds.get("PixelData")
+    held = len(data) if isinstance(data, bytes | bytearray) else 0
+    filename = getattr(ds, "filename", None)
+    if isinstance(filename, str) and os.path.isfile(filename):
+        held = max(held, os.path.getsize(filename))
+    if claimed > held:
+        raise ImageReadError(f"{what}, more than the file holds ({_size(held)})")
 
 
 def _split_frames(ds: Dataset, pixels: np.ndarray) -> tuple[list[np.ndarray], bool]:
@@ -438,6 +283,7 @@ def load_dicom(path: str | os.PathLike[str] | Dataset) -> list[Frame]:
         ds, where = path, str(getattr(path, "filename", None) or "dataset")
     else:
         where = os.fspath(path)
+        _require_regular_file(where)
         try:
             ds = pydicom.dcmread(where, force=True)
         except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
@@ -447,7 +293,7 @@ def load_dicom(path: str | os.PathLike[str] | Dataset) -> list[Frame]:
     common = {"sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
               "modality": str(ds.get("Modality", "")) or None, "path": None if where == "dataset" else where}
     if frames[0].ndim == 3:
-        return [Frame(_colour_frame(ds, f), "rgb", frame=i, note="colour image", **common)
+        return [Frame(colour_frame(ds, f), "rgb", frame=i, note="colour image", **common)
                 for i, f in enumerate(frames)]
     return _grey_frames(ds, frames, multi, common)
 
@@ -456,14 +302,14 @@ def _grey_frames(ds: Dataset, frames: list[np.ndarray], multi: bool, common: dic
     modality = common["modality"] or ""
     invert = modality == "CR" and ds.get("PresentationLUTShape", "INVERSE") == "INVERSE"
     out = []
-    for plan in _export_plan(ds, modality, len(frames), multi):
+    for plan in export_plan(ds, modality, len(frames), multi):
         pixels = frames[plan.frame]
         if plan.window is not None:
-            image = _export_frame(pixels, plan.window, plan.rescale, invert=invert)
+            image = export_frame(pixels, plan.window, plan.rescale, invert=invert)
             out.append(Frame(image, "export" if plan.exact else "window", frame=plan.frame, window=plan.window,
                              note="" if plan.exact else plan.note, **common))
         else:
-            image, rule, window = _best_effort_grey(ds, pixels, plan.frame)
+            image, rule, window = best_effort_grey(ds, pixels, plan.frame)
             out.append(Frame(image, rule, frame=plan.frame, window=window, note=plan.note, **common))
     return out
 
@@ -490,6 +336,7 @@ def load_frames(path: str | os.PathLike[str]) -> list[Frame]:
     anything PIL reads (PNG, JPEG, ... 8 or 16 bit) as one frame with rule ``"image"``.
     Headerless DICOM files (no preamble) are tried with pydicom when PIL cannot read them."""
     where = os.fspath(path)
+    _require_regular_file(where)
     try:
         dicom = is_dicom(where)
     except OSError as exc:  # missing, a folder, no permission

@@ -14,6 +14,15 @@ Outputs for ``--out STEM`` (``.npy``/``.csv``/``.parquet`` suffixes are dropped)
 * ``STEM.parquet``: both in one table, when pyarrow is installed (``pip install "rnet-hub[parquet]"``);
 * ``STEM.errors.csv``: files that could not be read, with the reason (they are skipped).
 
+Only regular files (and symlinks to them) are opened: FIFOs, sockets, devices, dangling
+symlinks and symlinks to folders met while walking are listed in ``STEM.errors.csv`` with the
+reason, unopened. No single file can stall a run: reading one (and making its model inputs)
+has ``file_timeout`` seconds (default 60), after which it is skipped. On POSIX the limit is a
+``SIGALRM`` timer in the reading thread (the main thread when reading inline, each loader
+worker's own thread otherwise); called from another thread, reading moves to one worker
+process so that the limit still holds. A read stuck inside one long C call (a decoder) is
+interrupted only when that call returns.
+
 Rows are appended once every image of a file is embedded; the ``.npy`` header, rewritten
 after each append, is the commit point. An interrupted run therefore leaves consistent
 files, and ``--resume`` embeds only the files not yet listed.
@@ -22,7 +31,11 @@ files, and ``--resume`` embeds only the files not yet listed.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,7 +52,10 @@ from .dicom import load_frames
 from .embed_output import COLUMNS, OutputPaths, Writer, write_errors, write_parquet
 from .transforms import ImageTransform, create_transform
 
-__all__ = ["COLUMNS", "EmbedReport", "collect_inputs", "embed"]
+__all__ = ["COLUMNS", "DEFAULT_FILE_TIMEOUT", "EmbedReport", "collect_inputs", "embed"]
+
+DEFAULT_FILE_TIMEOUT = 60.0
+"""Seconds one file may take to read (and turn into model inputs) before it is skipped."""
 
 # ---------------------------------------------------------------------------------------
 # Inputs
@@ -47,19 +63,67 @@ __all__ = ["COLUMNS", "EmbedReport", "collect_inputs", "embed"]
 
 def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Absolute paths of the given files and of every file under the given folders (sorted,
-    hidden names skipped, duplicates dropped). A missing input raises before anything runs."""
+    hidden names skipped, duplicates dropped). A missing input raises before anything runs.
+
+    Nothing is opened here: entries that are not regular files (FIFOs, devices, dangling
+    symlinks, symlinks to folders inside a walked folder, which are not followed) are listed
+    too, and reading refuses them with the reason, so that the run reports them as skipped."""
     files: dict[Path, None] = {}
     for given in inputs:
         path = Path(given).absolute()
-        if path.is_file():
-            files[path] = None
-        elif path.is_dir():
+        if path.is_dir():
             for root, dirs, names in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files.update((Path(root) / n, None) for n in sorted(names) if not n.startswith("."))
+                links = [d for d in dirs if os.path.islink(os.path.join(root, d))]  # reported, not followed
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
+                files.update((Path(root) / n, None) for n in sorted(names + links) if not n.startswith("."))
+        elif os.path.lexists(path):  # a file, or something that reading will refuse with the reason
+            files[path] = None
         else:
             raise BadInputError(f"input not found: {given}")
     return list(files)
+
+
+class _ReadTimeout(BaseException):
+    """Raised by the alarm in the reading thread; a BaseException so that no reader's ``except Exception`` eats it."""
+
+
+def _can_time_reads() -> bool:
+    """Whether a ``SIGALRM`` timer can limit a read in this thread (POSIX, main thread of its process)."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`_ReadTimeout` in this thread after ``seconds`` (nothing where that is impossible).
+    The previous ``SIGALRM`` handler is restored, and a timer someone else had set is re-armed with
+    what is left of it."""
+    if not seconds or not _can_time_reads():
+        yield
+        return
+    armed = True
+
+    def expired(signum: int, frame: Any) -> None:
+        nonlocal armed
+        if armed:
+            armed = False  # at most once: a late alarm during the clean-up below is ignored
+            raise _ReadTimeout
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        while True:
+            try:
+                armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+                if outer:  # someone else's timer: what is left of it (at once if it fell due meanwhile)
+                    signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3), interval)
+                break
+            except _ReadTimeout:  # the alarm went off just as the read finished
+                continue
 
 
 class _Item(NamedTuple):
@@ -74,8 +138,8 @@ class _Item(NamedTuple):
 class _FileDataset(Dataset):
     """One item per file: all its images as model inputs, or the reason it could not be read."""
 
-    def __init__(self, files: Sequence[Path], transform: ImageTransform) -> None:
-        self.files, self.transform = list(files), transform
+    def __init__(self, files: Sequence[Path], transform: ImageTransform, file_timeout: float | None = None) -> None:
+        self.files, self.transform, self.file_timeout = list(files), transform, file_timeout
 
     def __len__(self) -> int:
         return len(self.files)
@@ -83,8 +147,12 @@ class _FileDataset(Dataset):
     def __getitem__(self, index: int) -> _Item:
         path = str(self.files[index])
         try:
-            frames = load_frames(path)
-            images = torch.stack([self.transform(frame) for frame in frames])
+            with _time_limit(self.file_timeout):
+                frames = load_frames(path)
+                images = torch.stack([self.transform(frame) for frame in frames])
+        except _ReadTimeout:
+            return _Item(path, None, [], f"TimeoutError: {path} took longer than {self.file_timeout:g} s to read; "
+                                         "skipped")
         except Exception as exc:  # an unreadable file is reported, never fatal
             return _Item(path, None, [], f"{type(exc).__name__}: {exc}")
         rows = [{"path": path, "sop_instance_uid": f.sop_instance_uid or "", "frame": f.frame,
@@ -207,18 +275,24 @@ def _model_id(name: str) -> str:
     return str(ref.folder.absolute()) if ref.folder is not None else name
 
 
-def _iter_items(files: Sequence[Path], transform: ImageTransform, workers: int) -> Iterator[_Item]:
-    loader = DataLoader(_FileDataset(files, transform), batch_size=None, num_workers=workers, collate_fn=_as_is,
-                        worker_init_fn=_one_thread if workers else None)
+def _iter_items(files: Sequence[Path], transform: ImageTransform, workers: int,
+                file_timeout: float | None = None) -> Iterator[_Item]:
+    loader = DataLoader(_FileDataset(files, transform, file_timeout), batch_size=None, num_workers=workers,
+                        collate_fn=_as_is, worker_init_fn=_one_thread if workers else None)
     yield from loader
 
 
 def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os.PathLike[str] = "embeddings",
           batch_size: int = 32, num_workers: int | None = None, resume: bool = False, stage: int | None = None,
-          faithful: bool = False, device: str | None = None, progress: bool = True) -> EmbedReport:
-    """Embed every image under ``inputs`` with ``model``; see the module docstring for the outputs."""
+          faithful: bool = False, device: str | None = None, progress: bool = True,
+          file_timeout: float | None = DEFAULT_FILE_TIMEOUT) -> EmbedReport:
+    """Embed every image under ``inputs`` with ``model``; see the module docstring for the outputs.
+
+    ``file_timeout``: seconds one file may take to read before it is skipped (``None`` or 0: no limit)."""
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if file_timeout is not None and not file_timeout >= 0:
+        raise BadInputError(f"--file-timeout must be 0 (no limit) or more seconds, got {file_timeout}")
     files = collect_inputs(inputs)
     paths = OutputPaths.for_out(out)
     meta = {"model": _model_id(model), "stage": stage, "faithful": faithful}
@@ -232,12 +306,14 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
     meta["input"] = {k: transform.config[k] for k in ("input_size", "interpolation", "crop_mode", "mean", "std")}
     batcher = _Batcher(_forward_fn(net, stage), writer, batch_size, target)
     workers = _default_workers() if num_workers is None else num_workers
+    if file_timeout and not workers and hasattr(signal, "setitimer") and not _can_time_reads():
+        workers = 1  # the alarm only works in a process's main thread: a worker's is one
     threads = torch.get_num_threads()
     if target.type == "cpu" and workers:
         torch.set_num_threads(max(1, threads - workers))  # each reading worker takes a core of its own
     try:
         with progress_bar(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
-            for item in _iter_items(todo, transform, workers):
+            for item in _iter_items(todo, transform, workers, file_timeout):
                 bar.update(1)
                 if item.error is not None:
                     report.failed.append((item.path, item.error))
