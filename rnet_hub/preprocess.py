@@ -8,11 +8,14 @@ one place, as before the imaging code was split by job.
 from __future__ import annotations
 
 from .imaging.dicom import (
+    CR_RULES,
+    DROP_MODES,
     EXPORT_MODALITIES,
     FALLBACK_PERCENTILES,
     PRETRAINING_EXPORT_SIZE,
     Frame,
     apply_window,
+    export_drop_reason,
     is_dicom,
     load_dicom,
     load_frames,
@@ -20,6 +23,8 @@ from .imaging.dicom import (
 from .imaging.transforms import ImageTransform, create_transform, resolve_input_config
 
 __all__ = [
+    "CR_RULES",
+    "DROP_MODES",
     "EXPORT_MODALITIES",
     "FALLBACK_PERCENTILES",
     "PRETRAINING_EXPORT_SIZE",
@@ -27,6 +32,7 @@ __all__ = [
     "ImageTransform",
     "apply_window",
     "create_transform",
+    "export_drop_reason",
     "is_dicom",
     "load_dicom",
     "load_frames",

@@ -23,12 +23,16 @@ linear window of :func:`apply_window`, truncated to uint8 (floor):
   fails), so such frames get the best-effort rule below, using the first window.
 * CT and XA: one frame per listed window. CT with several windows also needs
   WindowCenterWidthExplanation (0028,1055), as the exporter checked (else skipped).
-* CR: after windowing, ``255 - v`` when PresentationLUTShape is ``"INVERSE"`` or absent
-  (PhotometricInterpretation is not consulted): on the float values, then truncated, when a
-  rescale is given; on the already truncated values otherwise (the exporter windowed integer
-  pixels in their own dtype). This follows the facts file; note that for *unsigned* pixels
-  without rescale tags the exporter's ``np.abs(v - 255)`` wrapped around in uint16 and
-  actually wrote ``(v + 1) mod 256``, which is not reproduced.
+* CR: what the exporter *wrote* (``cr_rule="written"``, the default; :attr:`Frame.cr_rule`
+  names the branch). It meant ``255 - v`` when PresentationLUTShape is absent or ``"INVERSE"``
+  (PhotometricInterpretation not consulted) and wrote ``np.uint8(np.abs(v - 255))``, so:
+  ``"written: floor(255 - v) (rescale present)"`` (RescaleSlope and RescaleIntercept both read:
+  v is a float; also ``"... (float pixels)"``); ``"written: (floor(v) + 1) mod 256 (unsigned, no
+  rescale)"`` (either tag absent, PixelRepresentation 0, the usual CR: v is truncated into the
+  pixels' dtype and ``v - 255`` wraps: *not* inverted, 255 becomes 0); ``"written: 255 - floor(v)
+  (signed, no rescale)"``; ``"none (PresentationLUTShape IDENTITY)"`` (or any other value).
+  ``cr_rule="intended"`` gives ``255 - v`` (v truncated first where the exporter truncated it),
+  labelled ``"intended: 255 - v"``, never :attr:`Frame.faithful`.
 * Multi-frame: MR takes each frame's window (and rescale) from the per-frame functional
   groups; NM takes the per-frame window where present, else the top-level one (the
   facts file; the exporter's code read the top-level one only, the same for NM objects,
@@ -41,8 +45,14 @@ linear window of :func:`apply_window`, truncated to uint8 (floor):
   multi-frame files with several windows, where the export windowed the already windowed
   pixels for the second window on (here each window is applied to the modality values;
   windows after the first are labelled ``"window"``).
-* Not reproduced either: the export's drop rules (aspect ratio < 0.1, too few grey levels);
-  :func:`load_dicom` returns every frame.
+* Drop rules (the exporter's ``shape_policy`` and ``value_policy``) on its array before the
+  uint8 cast, with ``drop="report"`` (:attr:`Frame.dropped` says why) or ``"apply"`` (left out);
+  by default every frame is returned. ``"aspect ratio below 0.1"``; ``"too few grey levels"``:
+  maximum m < 1 (black) or < 64 (near black), or at most 10% of the ``2**bits - 1`` unit bins
+  up to ``2**bits - 1`` used, ``bits = int(log2(m)) + 1`` (numbers read from the public toolset;
+  the facts file says only "near-black or almost constant"). So an unsigned CR without rescale
+  whose inversion wrapped in 16 bits is reported dropped. Frames the export did not write are
+  checked on their 8-bit pixels; MR frames of the slope-0 slip are always dropped.
 
 Best-effort rules (:attr:`Frame.faithful` is false), in this order:
 
@@ -78,12 +88,17 @@ from PIL import Image
 
 from ..errors import BadInputError, ImageReadError, MissingExtraError
 from .export_rules import (
+    CR_RULES,
+    DROP_MODES,
     EXPORT_MODALITIES,
     FALLBACK_PERCENTILES,
     Window,
     apply_window,
     best_effort_grey,
+    check_options,
     colour_frame,
+    cr_inversion,
+    export_drop_reason,
     export_frame,
     export_plan,
 )
@@ -92,12 +107,15 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
 __all__ = [
+    "CR_RULES",
+    "DROP_MODES",
     "EXPORT_MODALITIES",
     "FALLBACK_PERCENTILES",
     "MAX_PIXEL_BYTES",
     "PRETRAINING_EXPORT_SIZE",
     "Frame",
     "apply_window",
+    "export_drop_reason",
     "is_dicom",
     "load_dicom",
     "load_frames",
@@ -120,7 +138,11 @@ class Frame:
     ``rule`` is ``"export"`` (pretraining-faithful), ``"window"``, ``"voi-lut"``,
     ``"percentile"``, ``"rgb"`` (best-effort) or ``"image"`` (not DICOM). ``frame`` is the
     0-based frame number in the file; ``window`` the (center, width) applied, if any;
-    ``note`` says why a best-effort rule was used.
+    ``note`` says why a best-effort rule was used. ``cr_rule`` names the CR inversion rule
+    applied to an exported CR frame (``"written: ..."``, ``"intended: 255 - v"`` or
+    ``"none (PresentationLUTShape ...)"``), None otherwise. ``dropped`` is the exporter's drop
+    reason (``"aspect ratio below 0.1 ..."``, ``"too few grey levels: ..."``) when asked for with
+    ``drop=``, else None.
     """
 
     pixels: np.ndarray
@@ -131,11 +153,13 @@ class Frame:
     modality: str | None = None
     path: str | None = None
     note: str = ""
+    cr_rule: str | None = None
+    dropped: str | None = None
 
     @property
     def faithful(self) -> bool:
-        """True when the frame is exactly what the pretraining export wrote."""
-        return self.rule == "export"
+        """True when the frame is exactly what the pretraining export wrote (never with ``cr_rule="intended"``)."""
+        return self.rule == "export" and not (self.cr_rule or "").startswith("intended")
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,12 +294,17 @@ def _split_frames(ds: Dataset, pixels: np.ndarray) -> tuple[list[np.ndarray], bo
     return list(pixels), True
 
 
-def load_dicom(path: str | os.PathLike[str] | Dataset) -> list[Frame]:
+def load_dicom(path: str | os.PathLike[str] | Dataset, *, cr_rule: str = "written",
+               drop: str | None = None) -> list[Frame]:
     """The 8-bit frame(s) of a DICOM file (or dataset), as the pretraining export made them.
 
     See the module docstring for the rules; :attr:`Frame.rule` and :attr:`Frame.faithful`
-    tell pretraining-faithful frames from best-effort ones.
+    tell pretraining-faithful frames from best-effort ones. ``cr_rule``: ``"written"`` (what the
+    exporter wrote for CR) or ``"intended"`` (the inversion it meant). ``drop``: None (every
+    frame, unchecked), ``"report"`` (every frame, :attr:`Frame.dropped` set) or ``"apply"``
+    (frames the exporter dropped are left out).
     """
+    check_options(cr_rule, drop)
     pydicom = _import_pydicom()
     from pydicom.errors import InvalidDicomError
 
@@ -293,24 +322,34 @@ def load_dicom(path: str | os.PathLike[str] | Dataset) -> list[Frame]:
     common = {"sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
               "modality": str(ds.get("Modality", "")) or None, "path": None if where == "dataset" else where}
     if frames[0].ndim == 3:
-        return [Frame(colour_frame(ds, f), "rgb", frame=i, note="colour image", **common)
-                for i, f in enumerate(frames)]
-    return _grey_frames(ds, frames, multi, common)
+        out = []
+        for i, f in enumerate(frames):
+            image = colour_frame(ds, f)
+            out.append(Frame(image, "rgb", frame=i, note="colour image",
+                             dropped=export_drop_reason(image) if drop else None, **common))
+    else:
+        out = _grey_frames(ds, frames, multi, common, cr_rule, bool(drop))
+    return [f for f in out if f.dropped is None] if drop == "apply" else out
 
 
-def _grey_frames(ds: Dataset, frames: list[np.ndarray], multi: bool, common: dict[str, Any]) -> list[Frame]:
+def _grey_frames(ds: Dataset, frames: list[np.ndarray], multi: bool, common: dict[str, Any], cr_rule: str,
+                 check: bool) -> list[Frame]:
     modality = common["modality"] or ""
-    invert = modality == "CR" and ds.get("PresentationLUTShape", "INVERSE") == "INVERSE"
+    invert, not_inverted = cr_inversion(ds) if modality == "CR" else (False, "")
     out = []
     for plan in export_plan(ds, modality, len(frames), multi):
         pixels = frames[plan.frame]
         if plan.window is not None:
-            image = export_frame(pixels, plan.window, plan.rescale, invert=invert)
+            image, array, label = export_frame(pixels, plan.window, plan.rescale, invert=invert, cr_rule=cr_rule)
+            dropped = None if not check else export_drop_reason(array) if plan.exact \
+                else plan.dropped or export_drop_reason(image)
             out.append(Frame(image, "export" if plan.exact else "window", frame=plan.frame, window=plan.window,
-                             note="" if plan.exact else plan.note, **common))
+                             note="" if plan.exact else plan.note, dropped=dropped,
+                             cr_rule=label or not_inverted or None, **common))
         else:
             image, rule, window = best_effort_grey(ds, pixels, plan.frame)
-            out.append(Frame(image, rule, frame=plan.frame, window=window, note=plan.note, **common))
+            out.append(Frame(image, rule, frame=plan.frame, window=window, note=plan.note,
+                             dropped=export_drop_reason(image) if check else None, **common))
     return out
 
 
@@ -331,10 +370,12 @@ def pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_frames(path: str | os.PathLike[str]) -> list[Frame]:
-    """The image(s) in a file: DICOM (recognised by its header) through :func:`load_dicom`,
-    anything PIL reads (PNG, JPEG, ... 8 or 16 bit) as one frame with rule ``"image"``.
+def load_frames(path: str | os.PathLike[str], *, cr_rule: str = "written", drop: str | None = None) -> list[Frame]:
+    """The image(s) in a file: DICOM (recognised by its header) through :func:`load_dicom`
+    (``cr_rule`` and ``drop`` are passed on), anything PIL reads (PNG, JPEG, ... 8 or 16 bit)
+    as one frame with rule ``"image"``, never checked or dropped.
     Headerless DICOM files (no preamble) are tried with pydicom when PIL cannot read them."""
+    check_options(cr_rule, drop)
     where = os.fspath(path)
     _require_regular_file(where)
     try:
@@ -342,13 +383,13 @@ def load_frames(path: str | os.PathLike[str]) -> list[Frame]:
     except OSError as exc:  # missing, a folder, no permission
         raise ImageReadError(f"{where} cannot be read: {exc.strerror or exc}") from exc
     if dicom:
-        return load_dicom(where)
+        return load_dicom(where, cr_rule=cr_rule, drop=drop)
     try:
         with Image.open(where) as image:
             pixels = pil_to_array(image)
     except (OSError, SyntaxError) as exc:  # PIL raises UnidentifiedImageError (an OSError)
         try:
-            return load_dicom(where)
+            return load_dicom(where, cr_rule=cr_rule, drop=drop)
         except (ValueError, ImportError):
             raise ImageReadError(f"{where} is neither an image PIL can read nor a DICOM file ({exc})") from exc
     return [Frame(pixels, "image", path=where)]

@@ -4,7 +4,9 @@
 linear window truncated to uint8, which tags the exporter read and how, which frames and
 windows it wrote, and the best-effort rules for everything it did not export) are here,
 so each can be tested on its own. The facts behind them are in the module docstring of
-:mod:`rnet_hub.imaging.dicom`.
+:mod:`rnet_hub.imaging.dicom`. Every export function mimics the exporter's numpy dtypes:
+:func:`exporter_array` is its array just before the final ``np.uint8(...)`` (what its drop
+rules saw) and :func:`written_image` that cast.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import BadInputError
+
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = ["EXPORT_MODALITIES", "FALLBACK_PERCENTILES", "Planned", "Rescale", "Window", "apply_window",
-           "best_effort_grey", "colour_frame", "export_frame", "export_plan"]
+__all__ = ["CR_INTENDED", "CR_RULES", "CR_WRITTEN_FLOAT", "CR_WRITTEN_RESCALED", "CR_WRITTEN_SIGNED",
+           "CR_WRITTEN_UNSIGNED", "DROP_MODES", "EXPORT_MODALITIES", "FALLBACK_PERCENTILES", "MIN_ASPECT_RATIO",
+           "MIN_GREY_LEVEL_SHARE", "NEAR_BLACK_MAX", "Planned", "Rescale", "Window", "apply_window",
+           "best_effort_grey", "check_options", "colour_frame", "cr_inversion", "export_drop_reason", "export_frame",
+           "export_plan", "exporter_array", "written_image"]
 
 EXPORT_MODALITIES = ("MR", "CR", "NM", "CT", "RF", "XA")
 FALLBACK_PERCENTILES = (0.5, 99.5)
@@ -28,6 +35,20 @@ _SINGLE_WINDOW_MODALITIES = ("MR", "CR", "NM", "RF")
 
 Window = tuple[float, float]
 Rescale = tuple[float, float]
+
+CR_RULES = ("written", "intended")
+"""``cr_rule`` options: what the exporter wrote (default), or the inversion it meant to write."""
+CR_WRITTEN_RESCALED = "written: floor(255 - v) (rescale present)"
+CR_WRITTEN_FLOAT = "written: floor(255 - v) (float pixels)"
+CR_WRITTEN_UNSIGNED = "written: (floor(v) + 1) mod 256 (unsigned, no rescale)"
+CR_WRITTEN_SIGNED = "written: 255 - floor(v) (signed, no rescale)"
+CR_INTENDED = "intended: 255 - v"
+
+DROP_MODES = ("report", "apply")
+"""``drop`` options besides None: set :attr:`Frame.dropped`, or also leave those frames out."""
+MIN_ASPECT_RATIO = 0.1
+MIN_GREY_LEVEL_SHARE = 0.1
+NEAR_BLACK_MAX = 64
 
 
 # ---------------------------------------------------------------------------------------
@@ -63,15 +84,90 @@ def _modality_values(pixels: np.ndarray, rescale: Rescale | None) -> np.ndarray:
     return pixels * slope + intercept
 
 
-def export_frame(pixels: np.ndarray, window: Window, rescale: Rescale | None, *, invert: bool) -> np.ndarray:
-    """One exported frame. Without rescale the export windowed integer pixels in place (it
-    truncated before a CR inversion); with it, it inverted the float values, then truncated."""
+def exporter_array(pixels: np.ndarray, window: Window, rescale: Rescale | None, *, invert: bool = False) -> np.ndarray:
+    """The exporter's array just before its ``np.uint8(...)``, dtype included (its drop rules saw this).
+
+    Without a rescale (slope 1 and intercept 0 as Python ints) integer pixels keep their dtype and
+    ``np.piecewise`` stores the window output in it, truncated (int8 cannot hold 255: int16 here).
+    ``invert`` is the CR step ``np.abs(v - 255)``: it wraps around in unsigned dtypes.
+    """
     windowed = apply_window(_modality_values(pixels, rescale), *window)
-    if invert:
-        if rescale is None:
-            windowed = np.floor(windowed)
-        windowed = 255.0 - windowed
-    return _to_uint8(windowed)
+    if rescale is None and np.issubdtype(pixels.dtype, np.integer):
+        windowed = np.floor(windowed).astype(np.int16 if pixels.dtype == np.int8 else pixels.dtype)
+    return np.abs(windowed - 255) if invert else windowed
+
+
+def written_image(array: np.ndarray) -> np.ndarray:
+    """The exporter's ``np.uint8(array)``: integers wrap modulo 256, floats in [0, 255] truncate."""
+    return array.astype(np.uint8) if np.issubdtype(array.dtype, np.integer) else _to_uint8(array)
+
+
+def _written_label(dtype: np.dtype, rescale: Rescale | None) -> str:
+    if rescale is not None:
+        return CR_WRITTEN_RESCALED
+    if not np.issubdtype(dtype, np.integer):
+        return CR_WRITTEN_FLOAT
+    return CR_WRITTEN_SIGNED if np.issubdtype(dtype, np.signedinteger) else CR_WRITTEN_UNSIGNED
+
+
+def cr_inversion(ds: Dataset) -> tuple[bool, str]:
+    """(invert, label) for a CR dataset: the exporter inverted when PresentationLUTShape is absent or
+    exactly ``"INVERSE"`` (PhotometricInterpretation not consulted); ``label`` says why it did not."""
+    if "PresentationLUTShape" not in ds:
+        return True, ""
+    shape = ds.PresentationLUTShape
+    return shape == "INVERSE", f"none (PresentationLUTShape {shape or 'empty'})"
+
+
+def export_frame(pixels: np.ndarray, window: Window, rescale: Rescale | None, *, invert: bool = False,
+                 cr_rule: str = "written") -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(8-bit frame, :func:`exporter_array`, CR label) for one exported frame.
+
+    ``invert`` (CR only): ``cr_rule="written"`` gives what the exporter wrote (label ``CR_WRITTEN_*``),
+    ``"intended"`` gives ``255 - v`` on the window output as the exporter held it (truncated first
+    on the integer path), never wrapped (label :data:`CR_INTENDED`). The label is None otherwise.
+    """
+    array = exporter_array(pixels, window, rescale, invert=invert)
+    if not invert:
+        return written_image(array), array, None
+    if cr_rule == "written":
+        return written_image(array), array, _written_label(pixels.dtype, rescale)
+    plain = exporter_array(pixels, window, rescale)
+    return _to_uint8(255.0 - plain.astype(np.float64)), array, CR_INTENDED
+
+
+def check_options(cr_rule: str, drop: str | None) -> None:
+    """Refuse a ``cr_rule`` outside :data:`CR_RULES` or a ``drop`` outside None and :data:`DROP_MODES`."""
+    if cr_rule not in CR_RULES:
+        raise BadInputError(f"cr_rule must be one of {', '.join(CR_RULES)}, got {cr_rule!r}")
+    if drop is not None and drop not in DROP_MODES:
+        raise BadInputError(f"drop must be None, {' or '.join(DROP_MODES)}, got {drop!r}")
+
+
+def export_drop_reason(array: np.ndarray) -> str | None:
+    """Why the exporter's drop rules (its ``shape_policy`` and ``value_policy``, threshold 0.1) reject
+    ``array``; None when it is kept. Give it :func:`exporter_array` for an exact answer, or any frame.
+
+    * ``"aspect ratio below 0.1"``: shorter / longer side < 0.1 (the first two axes);
+    * ``"too few grey levels: ..."``: the maximum m is below 1 (black) or below 64 (near black:
+      ``int(log2(m)) + 1 < 7``), or the values occupy at most 10% of the ``2**bits - 1`` unit-wide
+      bins from 0 to ``2**bits - 1`` (``bits = int(log2(m)) + 1``, log2 in the array's own precision).
+    """
+    rows, columns = array.shape[:2]
+    if min(rows, columns) / max(rows, columns) < MIN_ASPECT_RATIO:
+        return f"aspect ratio below {MIN_ASPECT_RATIO} ({rows} x {columns})"
+    top = np.max(array)
+    if top < 1:
+        return "too few grey levels: black (maximum below 1)"
+    bits = int(np.log2(top)) + 1
+    if bits < 7:
+        return f"too few grey levels: near black (maximum {top} below {NEAR_BLACK_MAX})"
+    bins = 2**bits - 1
+    hist, _ = np.histogram(np.ravel(array), bins=np.linspace(0, bins, bins + 1))
+    used = int(np.count_nonzero(hist))
+    if used / bins > MIN_GREY_LEVEL_SHARE:
+        return None
+    return f"too few grey levels: {used} of {bins} levels used (at most {MIN_GREY_LEVEL_SHARE:.0%})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,13 +255,15 @@ def _any_rescale(ds: Dataset, frame: int) -> Rescale | None:
 @dataclass(frozen=True)
 class Planned:
     """One image the exporter would write: ``window`` None means it wrote nothing (best-effort);
-    ``exact`` False means an export slip is not reproduced (best-effort rule ``"window"``)."""
+    ``exact`` False means an export slip is not reproduced (best-effort rule ``"window"``);
+    ``dropped`` is set where the slip made the export drop the image whatever the pixels."""
 
     frame: int
     window: Window | None
     rescale: Rescale | None = None
     exact: bool = True
     note: str = ""
+    dropped: str | None = None
 
 
 def _skipped(n_frames: int, note: str) -> list[Planned]:
@@ -190,7 +288,8 @@ def _plan_single_window(ds: Dataset, modality: str, n_frames: int, multi: bool) 
             plans.append(Planned(i, None, note="MR frame without a per-frame window: the export skipped it"))
         elif rescale is None:
             plans.append(Planned(i, window, _any_rescale(ds, i), exact=False,
-                                  note="MR frame without a per-frame rescale (the export used slope 0 here)"))
+                                  note="MR frame without a per-frame rescale (the export used slope 0 here)",
+                                  dropped="too few grey levels: constant (the export used slope 0 here)"))
         else:
             plans.append(Planned(i, window, rescale))
     return plans
