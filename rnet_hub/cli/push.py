@@ -72,7 +72,8 @@ def _add_publish_all(sub: SubParsers) -> None:
                         help="print the plan (repository, files, sizes, sha256); no network, no manifest")
     parser.add_argument("--verify", action="store_true",
                         help="after pushing, download each model by its commit sha and rerun parity")
-    parser.add_argument("--cache-dir", type=Path, help="download cache for URLs (default ~/.cache/rnet_hub)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="download cache for URLs (default $RNET_HUB_CACHE, $HF_HOME/rnet_hub or ~/.cache/rnet_hub)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_publish_all)
 

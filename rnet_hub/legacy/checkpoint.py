@@ -27,7 +27,8 @@ from ..archives.extract import ArchiveExtraction, file_sha256, sniff
 from ..archives.torchzip import STATE_DICT_KEYS
 from ..errors import SourceError, UnsafeCheckpointError
 
-__all__ = ["LegacyCheckpoint", "find_state_dict", "open_legacy_checkpoint", "resolve_source", "safe_torch_load"]
+__all__ = ["LegacyCheckpoint", "find_state_dict", "first_non_finite", "open_legacy_checkpoint", "resolve_source",
+           "safe_torch_load"]
 
 METADATA_KEYS = ("model_name", "epoch", "time", "optimizer_name")
 #: What :func:`open_legacy_checkpoint` reads: a path, an http(s) URL, or an archive already being extracted.
@@ -79,11 +80,29 @@ def find_state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in tensors.items()}
 
 
-def resolve_source(source: str | os.PathLike[str], *, cache_dir: Path | None = None,
-                   progress: bool = True) -> Path:
-    """A local path for ``source``: URLs are downloaded into the cache first."""
+def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or +/-Inf, or ``None`` when all are finite.
+
+    One ``aminmax`` per tensor (NaN propagates into both, an infinity shows in one): no copy of
+    the tensor is made, so it is cheap on a memory-mapped checkpoint too. Meta tensors hold no values: skipped.
+    """
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel() and not tensor.is_meta:
+            low, high = torch.aminmax(tensor.detach())
+            if not (torch.isfinite(low) and torch.isfinite(high)):
+                return name
+    return None
+
+
+def resolve_source(source: str | os.PathLike[str], *, cache_dir: Path | None = None, progress: bool = True,
+                   expected_sha256: str | None = None) -> Path:
+    """A local path for ``source``: URLs are downloaded into the cache first (and verified).
+
+    ``expected_sha256`` is checked for downloads (a wrong file is moved aside, see
+    :func:`~rnet_hub.archives.download.download_to_cache`); a local file is the caller's choice.
+    """
     if isinstance(source, str) and is_url(source):
-        return download_to_cache(source, cache_dir=cache_dir, progress=progress)
+        return download_to_cache(source, cache_dir=cache_dir, progress=progress, expected_sha256=expected_sha256)
     path = Path(source).expanduser()
     if not path.is_file():
         raise SourceError(f"no such checkpoint file: {path} (pass a .tar.gz/.tar archive, a .pth/.pt file, "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -92,11 +92,11 @@ def for_each(items: Sequence[tuple[ArchSpec, str]], work: Callable[[ArchSpec, st
     return outcomes
 
 
-def _local_source(source: str, cache_dir: Path | None, progress: bool) -> Path:
-    """The source as a local file (URLs downloaded into the cache, resumably)."""
+def _local_source(source: str, cache_dir: Path | None, progress: bool, expected_sha256: str | None) -> Path:
+    """The source as a local file (URLs downloaded into the cache, resumably, and checked against the sha256)."""
     from ..legacy.checkpoint import resolve_source
 
-    return resolve_source(source, cache_dir=cache_dir, progress=progress)
+    return resolve_source(source, cache_dir=cache_dir, progress=progress, expected_sha256=expected_sha256)
 
 
 def _converted_from(folder: Path) -> tuple[str | None, str | None]:
@@ -133,12 +133,14 @@ def _write_record(folder: Path, *, source_sha256: str, weights_sha256: str, max_
 
 
 def prepare(spec: ArchSpec, source: str, folder: Path, *, repo_id: str, cache_dir: Path | None = None,
-            progress: bool = True, need_parity: bool = True, echo: Echo = print) -> Prepared:
+            progress: bool = True, need_parity: bool = True, echo: Echo = print,
+            expected_sha256: str | None = None) -> Prepared:
     """Convert ``source`` into ``folder``, unless the folder already holds a conversion of the same source.
 
     With ``need_parity``, a reused folder without a matching record is re-verified against the source.
+    ``expected_sha256``: the sha256 a downloaded source must have (e.g. the manifest's ``source_sha256``).
     """
-    local = _local_source(source, cache_dir, progress)
+    local = _local_source(source, cache_dir, progress, expected_sha256)
     source_sha = file_sha256(local)
     if _converted_from(folder) != (source_sha, repo_id):
         return _convert_fresh(spec, source, local, folder, source_sha=source_sha, repo_id=repo_id,
@@ -192,18 +194,21 @@ def source_url(source: str) -> str | None:
 
 def convert_all(*, archives: str | os.PathLike[str] | None = None, names: Sequence[str] | None = None,
                 out_dir: str | os.PathLike[str] = DEFAULT_WORK_DIR, org: str | None = None,
-                cache_dir: Path | None = None, progress: bool = True, echo: Echo = print) -> list[Outcome[Prepared]]:
+                cache_dir: Path | None = None, progress: bool = True, echo: Echo = print,
+                expected_sha256: Mapping[str, str] | None = None) -> list[Outcome[Prepared]]:
     """Convert every requested model (all ten by default) into ``<out_dir>/<timm architecture>``.
 
     Sources are ``<archives>/<Name>.tar.gz`` or, without ``archives``, the published URLs. A model
     whose folder was already converted from a source with the same sha256 is skipped; one that
-    fails is reported and the others go on.
+    fails is reported and the others go on. ``expected_sha256`` (model name -> sha256, e.g. from
+    the manifest) is what each downloaded source must hash to; a mismatch fails that model.
     """
     out = Path(out_dir)
+    expected = dict(expected_sha256 or {})
 
     def convert_one(spec: ArchSpec, source: str) -> Prepared:
         return prepare(spec, source, out / spec.timm_arch, repo_id=spec.repo_id(org), cache_dir=cache_dir,
-                       progress=progress, need_parity=False, echo=echo)
+                       progress=progress, need_parity=False, echo=echo, expected_sha256=expected.get(spec.name))
 
     outcomes = for_each(batch_sources(archives=archives, names=names), convert_one, echo=echo)
     done = [o.value for o in outcomes if o.value is not None]
