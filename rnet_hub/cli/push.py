@@ -73,7 +73,7 @@ def _add_publish_all(sub: SubParsers) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="after pushing, download each model by its commit sha and rerun parity")
     parser.add_argument("--cache-dir", type=Path,
-                        help="download cache for URLs (default $RNET_HUB_CACHE, $HF_HOME/rnet_hub or ~/.cache/rnet_hub)")
+                        help="download cache for URLs (default $RNET_HUB_CACHE, $HF_HOME/rnet_hub, ~/.cache/rnet_hub)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_publish_all)
 
