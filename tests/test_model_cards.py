@@ -1,7 +1,10 @@
 """The committed ``model_cards/``: the ten cards as they are pushed, kept in step with the template and manifest.
 
 ``conversion/render_cards.py`` writes them through :func:`rnet_hub.publish.pipeline.model_cards`;
-these tests render them through the same function and fail when a committed card is stale.
+these tests render them through the same function and fail when a committed card is stale. They also
+check what the cards state: metadata that survives ``huggingface_hub``'s ``ModelCardData`` round trip,
+parameter and GMAC figures that match a count on a real model, and a U-Net snippet that builds its
+encoder with the BatchNorm eps the weights were trained with.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from rnet_hub.architectures import ARCHITECTURES, find_arch
+from rnet_hub.architectures import ARCHITECTURES, ArchSpec, find_arch
 from rnet_hub.errors import BadInputError
-from rnet_hub.publish.cards import build_card
+from rnet_hub.publish.cards import build_card, card_metadata, model_stats
 from rnet_hub.publish.pipeline import empty_manifest, model_card, model_cards, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +138,71 @@ def test_render_cards_from_a_manifest_and_a_bad_manifest(tmp_path: Path, render_
     assert render_cards_main(["--manifest", str(manifest), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is not an rnet-hub manifest" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ what the cards state
+#: parameters of the timm models with the 36-output head (torchvision's counts, plus the head)
+PARAMETERS = {"ResNet18": 11_194_980, "ResNet34": 21_303_140, "ResNet50": 23_581_796, "DenseNet121": 6_990_756,
+              "InceptionV3": 21_859_332, "VGG16": 134_408_036, "EfficientNetB3": 10_751_564,
+              "EfficientNetB4": 17_613_164, "MobileNetV3Large": 4_248_148, "MobileNetV3Small": 1_554_756}
+
+
+def test_card_metadata_survives_the_model_card_data_round_trip() -> None:
+    from huggingface_hub import ModelCard
+
+    texts = model_cards(empty_manifest())
+    for spec in ARCHITECTURES:
+        parsed = ModelCard(texts[f"{spec.timm_arch}.md"]).data.to_dict()  # as the Hub's client parses it
+        assert parsed == card_metadata(spec).to_dict(), spec.name
+        assert parsed["pipeline_tag"] == "image-feature-extraction" and parsed["license"] == "gpl-3.0"
+    spec = find_arch("ResNet50")
+    for labels, pipeline_tag in ((["no fracture", "fracture"], "image-classification"),
+                                 (None, "image-feature-extraction")):
+        text = str(build_card(spec, repo_id="someone/wrist", source_name="wrist.pth", source_sha256=SHA,
+                              parity_max_abs_diff=1e-6, num_classes=2, label_names=labels))
+        expected = card_metadata(spec, base_model=spec.repo_id(), label_names=labels).to_dict()
+        assert ModelCard(text).data.to_dict() == expected and expected["pipeline_tag"] == pipeline_tag
+        assert expected["base_model"] == "radiologynet/resnet50" and expected["base_model_relation"] == "finetune"
+
+
+@pytest.mark.parametrize("spec", ARCHITECTURES, ids=lambda s: s.name)
+def test_committed_card_states_the_measured_size_and_cost(spec: ArchSpec) -> None:
+    stats = model_stats(spec)
+    assert stats.parameters == PARAMETERS[spec.name] and stats is model_stats(spec)  # measured once per process
+    assert stats.embedding_dim == spec.head_in_features and stats.input_size == spec.input_size
+    text = (CARDS / f"{spec.timm_arch}.md").read_text(encoding="utf-8")
+    size = f"3 × {spec.input_size} × {spec.input_size}"
+    assert f"| parameters | {stats.parameters_text}, with the 36-output head |" in text
+    assert f"| compute | {stats.gmacs_text} GMACs per image at {size} |" in text
+    assert f"`torch.utils.flop_counter.FlopCounterMode` at {size}" in text
+
+
+@pytest.mark.parametrize("name", ["ResNet18", "MobileNetV3Small"])
+def test_stats_counted_on_the_meta_device_equal_a_count_on_a_real_model(name: str) -> None:
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = find_arch(name)
+    torch.manual_seed(0)
+    model = timm.create_model(spec.timm_arch, num_classes=36, **spec.model_args).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(1, 3, spec.input_size, spec.input_size))
+    stats = model_stats(spec)
+    assert stats.macs == counter.get_total_flops() // 2
+    assert stats.parameters == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["MobileNetV3Large", "MobileNetV3Small", "ResNet18"])
+def test_unet_snippet_builds_the_encoder_with_the_pretraining_batchnorm_eps(name: str) -> None:
+    import torch
+
+    spec = find_arch(name)
+    text = str(model_card(spec, empty_manifest()))
+    (block,) = [b for b in text.split("```python\n") if "smp.Unet(" in b]
+    code = "\n".join(line for line in block.split("```")[0].splitlines()
+                     if line.startswith(("import segmentation_models_pytorch", "unet = smp.Unet(")))
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # the card's own smp.Unet(...) line, without the Hub download that follows it
+    encoder_eps = {m.eps for m in namespace["unet"].encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert encoder_eps == ({0.001} if spec.family == "mobilenetv3" else {1e-5})

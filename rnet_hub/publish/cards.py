@@ -16,12 +16,25 @@ embeds no installed version.
 The same generator serves the ten published models and a user's own fine-tuned
 conversion: pass ``base_model`` (the RadiologyNET repository it started from), its
 ``label_names`` and ``task``, and the card says so in its metadata and text.
+
+``pipeline_tag`` (what the Hub's widget and task filters show): ``image-feature-extraction``
+for the ten published models, whose 36-cluster head has no label names (an
+``image-classification`` widget would show scores such as ``LABEL_4: 0.92`` that mean nothing
+clinically), and for a fine-tune without label names; ``image-classification`` only for a
+fine-tune with ``label_names``, whose widget then shows named scores.
+
+The card's model statistics (parameters, GMACs at the native input size, embedding width) are
+measured, not copied: :func:`model_stats` builds the timm model on the meta device and counts
+one forward pass with ``torch.utils.flop_counter.FlopCounterMode`` (shapes only, so it is fast
+and deterministic), once per architecture and head per process.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,13 +47,17 @@ from ..folder import WEIGHTS_NAME, read_config, read_weights_metadata
 from ..names import HUB_PREFIX, architecture_of, parse_model_name
 from ..version import __version__
 
-__all__ = ["CARD_TAGS", "TEMPLATE_NAME", "build_card", "build_card_for_folder", "card_metadata", "converter_versions",
-           "template_path"]
+__all__ = ["CARD_TAGS", "FLOP_COUNTER", "TEMPLATE_NAME", "ModelStats", "build_card", "build_card_for_folder",
+           "card_metadata", "converter_versions", "model_stats", "pipeline_tag_for", "template_path"]
 
 TEMPLATE_NAME = "radiologynet.md"
-CARD_TAGS = ("timm", "transformers", "image-classification", "image-feature-extraction", "medical-imaging",
-             "radiology", "transfer-learning", "radiologynet")
+CARD_TAGS = ("timm", "transformers", "image-feature-extraction", "medical-imaging", "radiology", "transfer-learning",
+             "radiologynet")
 FINETUNED_TAGS = ("fine-tuned",)
+FEATURE_EXTRACTION = "image-feature-extraction"
+CLASSIFICATION = "image-classification"
+#: The tool that measures the card's GMACs, named in the card.
+FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode"
 
 
 def template_path() -> Path:
@@ -48,15 +65,81 @@ def template_path() -> Path:
     return Path(str(resources.files(__package__) / "templates" / TEMPLATE_NAME))
 
 
-def card_metadata(spec: ArchSpec, *, base_model: str | None = None) -> ModelCardData:
-    """The YAML metadata of a card: license, library, pipeline, tags, and ``base_model`` for fine-tunes."""
+def pipeline_tag_for(label_names: Sequence[str] | None) -> str:
+    """``image-classification`` for a head with label names (a fine-tune's), else ``image-feature-extraction``.
+
+    The 36 pretraining clusters have no names, so a classification widget would show meaningless
+    ``LABEL_k`` scores; features are what the published models are for.
+    """
+    return CLASSIFICATION if label_names else FEATURE_EXTRACTION
+
+
+def card_metadata(spec: ArchSpec, *, base_model: str | None = None,
+                  label_names: Sequence[str] | None = None) -> ModelCardData:
+    """The YAML metadata of a card: license, library, pipeline, tags, and ``base_model`` for fine-tunes.
+
+    ``pipeline_tag`` follows :func:`pipeline_tag_for`: only a fine-tune with ``label_names`` is an
+    ``image-classification`` model on the Hub.
+    """
     extra: dict[str, Any] = {}
     tags = list(CARD_TAGS)
     if base_model is not None:
         extra = {"base_model": base_model, "base_model_relation": "finetune"}
         tags += FINETUNED_TAGS
-    return ModelCardData(license="gpl-3.0", library_name="timm", pipeline_tag="image-classification",
-                         tags=tags, **extra)
+    pipeline_tag = pipeline_tag_for(label_names)
+    if pipeline_tag not in tags:
+        tags.append(pipeline_tag)
+    return ModelCardData(license="gpl-3.0", library_name="timm", pipeline_tag=pipeline_tag, tags=tags, **extra)
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size and cost of one timm model, as the card states them.
+
+    ``macs``: multiply-accumulates of one forward pass of one image at ``input_size`` (half the
+    FLOPs :data:`FLOP_COUNTER` counts: convolutions and matrix multiplications).
+    ``embedding_dim``: the width of the pooled features (``num_classes=0``).
+    """
+
+    parameters: int
+    macs: int
+    embedding_dim: int
+    input_size: int
+    num_classes: int
+
+    @property
+    def parameters_text(self) -> str:
+        return f"{self.parameters / 1e6:.3g} M ({self.parameters:,})"
+
+    @property
+    def gmacs_text(self) -> str:
+        return f"{self.macs / 1e9:.3g}"
+
+
+def model_stats(spec: ArchSpec, num_classes: int = PRETRAINING_NUM_CLASSES) -> ModelStats:
+    """Parameters (with a ``num_classes`` head), GMACs at the native input size and embedding width of ``spec``."""
+    return _measured(spec.timm_arch, spec.input_size, num_classes, tuple(sorted(spec.model_args.items())))
+
+
+@functools.cache
+def _measured(timm_arch: str, input_size: int, num_classes: int,
+              model_args: tuple[tuple[str, Any], ...]) -> ModelStats:
+    """Count on the meta device: FlopCounterMode needs only shapes, and no time goes into initialisation."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..loading import build_timm_on_meta
+
+    model = build_timm_on_meta(timm_arch, num_classes=num_classes, **dict(model_args)).eval()
+    image = torch.empty(1, 3, input_size, input_size, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(image)
+    parameters = sum(p.numel() for p in model.parameters())
+    model.reset_classifier(0)
+    with torch.no_grad():
+        embedding_dim = int(model(image).shape[-1])
+    return ModelStats(parameters=parameters, macs=counter.get_total_flops() // 2, embedding_dim=embedding_dim,
+                      input_size=input_size, num_classes=num_classes)
 
 
 def _checked_base_model(spec: ArchSpec, base_model: str | None, finetuned: bool) -> str | None:
@@ -119,12 +202,12 @@ def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str | None, s
         "title": f"{spec.name} fine-tuned from RadiologyNET" if finetuned else f"RadiologyNET {spec.name}",
         "finetuned": finetuned, "repo_id": repo_id, "num_classes": num_classes, "base_model": base, "task": task,
         "label_names": list(label_names) if label_names is not None else None, "pending": pending,
-        **_table_values(spec),
+        **_table_values(spec), **_stats_values(model_stats(spec, num_classes)),
         **_provenance_values(source_name=source_name, source_sha256=source_sha256, source_url=source_url,
                              parity_max_abs_diff=parity_max_abs_diff, parity_tolerance=parity_tolerance,
                              versions=None if pending else {**converter_versions(), **(converted_with or {})}),
     }
-    metadata = card_metadata(spec, base_model=base)
+    metadata = card_metadata(spec, base_model=base, label_names=label_names)
     template = _checked_template(set(values) | set(metadata.to_dict()))
     return ModelCard.from_template(metadata, template_str=template, **values)
 
@@ -153,7 +236,13 @@ def _is_pending(*, source_name: str | None, source_sha256: str | None, parity_ma
 
 def _table_values(spec: ArchSpec) -> dict[str, Any]:
     return {"name": spec.name, "timm_arch": spec.timm_arch, "pretrained_tag": spec.pretrained_tag,
-            "input_size": spec.input_size, "classifier": spec.classifier, "original_url": spec.archive_url}
+            "input_size": spec.input_size, "classifier": spec.classifier, "original_url": spec.archive_url,
+            "encoder_args": "".join(f", {key}={value!r}" for key, value in sorted(spec.model_args.items()))}
+
+
+def _stats_values(stats: ModelStats) -> dict[str, Any]:
+    return {"parameters": stats.parameters_text, "gmacs": stats.gmacs_text, "embedding_dim": stats.embedding_dim,
+            "flop_counter": FLOP_COUNTER}
 
 
 def _provenance_values(*, source_name: str | None, source_sha256: str | None, source_url: str | None,
