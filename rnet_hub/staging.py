@@ -16,6 +16,14 @@ folder): of two conversions to one folder at once, the second to finish fails wi
 :class:`OutputExistsError`. ``overwrite`` replaces only the folder found at the start: it is moved
 to a hidden sibling, the new one renamed into place, then the old one deleted (or put back if the
 new one cannot go into place). Torch-free: the CLI checks the output folder before it imports torch.
+
+Killed runs: the staging folder ``.<name>.partial-<token>`` and the moved-aside ``.<name>.old-<token>``
+share the token of a run lock ``.<name>.lock-<token>`` beside them (:mod:`rnet_hub.leftovers`), taken
+before they exist and removed after they are gone. :func:`remove_dead_runs` (run by every check of
+an output folder on its parent, and by ``rnet-hub clean``) deletes a dead run's staging folder, and
+puts its moved-aside earlier output back where its place is empty; where an output stands there
+(the dead run's new one, or a later one) the earlier output is deleted, as the overwrite asked;
+where something else stands there it is kept, and named.
 """
 
 from __future__ import annotations
@@ -24,19 +32,25 @@ import contextlib
 import ctypes
 import errno
 import functools
+import logging
 import os
-import secrets
+import re
 import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from . import interrupts
 from .errors import OutputExistsError
 from .folder import CONFIG_NAME, OUTPUT_NAMES, WEIGHTS_NAME
+from .leftovers import Finding, Run, RunLock, disk_usage, remove, sweep
 
-__all__ = ["atomic_output", "refuse_existing"]
+__all__ = ["atomic_output", "refuse_existing", "remove_dead_runs"]
+
+logger = logging.getLogger(__name__)
+#: A run's entries beside an output folder ``<name>``: its lock, its staging folder, the earlier output moved aside.
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<role>lock|partial|old)-(?P<token>[a-z0-9_]{8})")
 
 _AT_FDCWD = -100  # <fcntl.h>: paths relative to the current directory
 _RENAME_NOREPLACE = 1  # <linux/fs.h>: fail with EEXIST instead of replacing the destination
@@ -100,6 +114,9 @@ def _check_target(out_dir: Path, overwrite: bool) -> os.stat_result | None:
     """:func:`refuse_existing`; returns the ``lstat`` of the existing folder ``overwrite`` may replace."""
     shown = str(out_dir)
     target = _located(out_dir)
+    for finding in remove_dead_runs(target.parent):  # a killed run's earlier output goes back first
+        if finding.action in ("remove", "put back"):
+            (logger.warning if finding.action == "put back" else logger.info)("%s", finding.line(dry_run=False))
     try:
         found: os.stat_result | None = os.lstat(target)
     except NotADirectoryError as exc:
@@ -138,7 +155,8 @@ def refuse_existing(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     one of its parents; an existing folder that holds anything a conversion does not write
     (:data:`OUTPUT_NAMES`, all plain files, ``config.json`` and ``model.safetensors`` among them).
     Any existing folder is refused without ``overwrite``; with it, an earlier output or an empty
-    folder (one made ready for the output) is accepted. Reads nothing but the folder's listing.
+    folder (one made ready for the output) is accepted. Reads nothing but the folder's listing; first
+    clears the leftovers of killed conversions beside it (:func:`remove_dead_runs`).
     """
     _check_target(Path(out_dir), overwrite)
 
@@ -194,13 +212,13 @@ def _same(a: os.stat_result, b: os.stat_result, *, untouched: bool = False) -> b
     return all(getattr(a, key) == getattr(b, key) for key in keys)
 
 
-def _move_aside(target: Path, expected: os.stat_result, shown: str) -> Path | None:
+def _move_aside(target: Path, expected: os.stat_result, shown: str, token: str) -> Path | None:
     """Rename the earlier output ``target`` to a hidden sibling (returned); ``None`` when it is gone.
 
     Checked once moved (nothing writes there by its old name): when it is no longer the folder
     accepted at the start, or no longer an earlier output, it is put back and the commit refused.
     """
-    aside = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    aside = target.with_name(f".{target.name}.old-{token}")
     try:
         _rename_noreplace(target, aside)
     except FileNotFoundError:
@@ -235,7 +253,7 @@ def _put_back(aside: Path, target: Path, *, discard: bool) -> bool:
     return True
 
 
-def _commit(staging: Path, target: Path, shown: str, replaced: os.stat_result | None) -> None:
+def _commit(staging: Path, target: Path, shown: str, replaced: os.stat_result | None, token: str) -> None:
     """Rename ``staging`` to ``target`` without replacing anything but the folder ``replaced`` (``lstat``).
 
     The folder to replace is moved aside, the new one renamed into place (no-replace), then the old
@@ -251,7 +269,7 @@ def _commit(staging: Path, target: Path, shown: str, replaced: os.stat_result | 
             raise _appeared(shown)
         if not _same(now, replaced, untouched=True):  # entries added or removed (or made anew, same inode number)
             raise _changed(shown)
-        aside = _move_aside(target, replaced, shown)
+        aside = _move_aside(target, replaced, shown, token)
     try:
         _rename_noreplace(staging, target)
     except BaseException as exc:
@@ -278,14 +296,24 @@ def atomic_output(out_dir: str | os.PathLike[str], overwrite: bool) -> Iterator[
     replaced = _check_target(out_dir, overwrite)
     target = _located(out_dir)
     created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        yield staging
-        _apply_umask(staging)
-        _commit(staging, target, str(out_dir), replaced)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run = RunLock.create(target.parent, lambda token: f".{target.name}.lock-{token}")
+        try:
+            staging = target.with_name(f".{target.name}.partial-{run.token}")
+            staging.mkdir(mode=0o700)
+            try:
+                interrupts.check()
+                yield staging
+                interrupts.check()  # never commit after a Ctrl-C or SIGTERM, even one that was swallowed
+                _apply_umask(staging)
+                _commit(staging, target, str(out_dir), replaced, run.token)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        finally:
+            run.release()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # innermost first
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -299,3 +327,68 @@ def _apply_umask(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)
+
+
+def _parse_leftover(name: str) -> tuple[str, str] | None:
+    match = _LEFTOVER.fullmatch(name)
+    return None if match is None else (f"{match['name']}/{match['token']}", match["role"])
+
+
+def _is_output(folder: Path, *, or_empty: bool = False) -> bool:
+    """Whether ``folder`` is a folder laid out as a conversion output (``or_empty``: or an empty folder)."""
+    try:
+        return (stat.S_ISDIR(os.lstat(folder).st_mode) and (or_empty or any(folder.iterdir()))
+                and _not_an_output(folder, "") is None)
+    except (OSError, OutputExistsError):
+        return False
+
+
+def _handle_dead(run: Run, dry_run: bool) -> list[Finding]:
+    """A dead run's leftovers: its staging folder goes; its moved-aside earlier output goes back, or goes."""
+    found: list[Finding] = []
+    if "partial" in run.parts:
+        staging = run.parts["partial"]
+        found.append(Finding("remove", staging, "the unfinished output of a conversion that was killed",
+                             disk_usage(staging)))
+        if not dry_run:
+            remove(staging)
+    if "old" in run.parts:
+        aside = run.parts["old"]
+        target = aside.with_name(_LEFTOVER.fullmatch(aside.name)["name"])  # type: ignore[index]
+        found.append(_handle_aside(aside, target, dry_run))
+    return found
+
+
+def _handle_aside(aside: Path, target: Path, dry_run: bool) -> Finding:
+    """The earlier output a killed ``--overwrite`` run moved aside: back into an empty place, else deleted or kept."""
+    killed = "a conversion that was killed"
+    if _is_output(target):  # the run's new output (or a later one) stands there, as the overwrite asked
+        finding = Finding("remove", aside, f"the earlier output of {target}, replaced by {killed} (--overwrite) "
+                                           f"before it deleted this", disk_usage(aside))
+    elif os.path.lexists(target):
+        return Finding("keep", aside, f"the earlier output of {target}, moved aside by {killed}; {target} is now "
+                                      f"something else: move it back or delete it yourself")
+    elif not _is_output(aside, or_empty=True):  # half deleted: the run had put its output in place, deleted since
+        finding = Finding("remove", aside, f"what remained of an earlier output that {killed} was deleting",
+                          disk_usage(aside))
+    else:
+        finding = Finding("put back", aside, f"the earlier output, moved aside by {killed}", target=target)
+        if not dry_run:
+            try:
+                _rename_noreplace(aside, target)
+            except OSError as exc:  # judged again by the next sweep
+                return Finding("keep", aside, f"the earlier output of {target}, moved aside by {killed}; it could "
+                                              f"not be put back ({exc.strerror or exc})")
+        return finding
+    if not dry_run:
+        remove(aside)
+    return finding
+
+
+def remove_dead_runs(folder: str | os.PathLike[str], *, dry_run: bool = False) -> list[Finding]:
+    """Clear the leftovers of killed conversions among the hidden folders in ``folder``; what was found.
+
+    Only folders whose run lock shows their run is over (see :mod:`rnet_hub.leftovers`); a live run's
+    and unmarked folders are only reported.
+    """
+    return sweep(Path(folder), _parse_leftover, _handle_dead, dry_run=dry_run)

@@ -20,7 +20,8 @@ MAX_MODULE_LINES = 400
 #: Importing these must not import torch (the CLI's fast path and ``--help`` rely on it).
 TORCH_FREE = ("rnet_hub", "rnet_hub.version", "rnet_hub.errors", "rnet_hub.architectures", "rnet_hub.names",
               "rnet_hub.staging", "rnet_hub.folder", "rnet_hub.hub", "rnet_hub.progress", "rnet_hub.archives.extract",
-              "rnet_hub.archives.torchzip", "rnet_hub.archives.download", "rnet_hub.cli")
+              "rnet_hub.archives.torchzip", "rnet_hub.archives.download", "rnet_hub.cli", "rnet_hub.cli.clean",
+              "rnet_hub.leftovers", "rnet_hub.interrupts")
 PRIVATE_IMPORT = re.compile(r"rnet_hub(\.[A-Za-z0-9_]+)*\._[a-z]\w*|from rnet_hub(\.\w+)* import \(?\s*_[a-z]")
 
 

@@ -1,14 +1,16 @@
 """``rnet-hub``: small typed commands over the package.
 
 One module per command or command group (:mod:`.demo`, :mod:`.sample`, :mod:`.convert`,
-:mod:`.push`, :mod:`.embed`), each with an ``add_parser(sub)`` that adds its command(s);
+:mod:`.push`, :mod:`.embed`, :mod:`.clean`), each with an ``add_parser(sub)`` that adds its command(s);
 each command is one function taking the parsed arguments and returning the exit status.
 
 Errors are mapped to exit statuses here, and only here: an
 :class:`~rnet_hub.errors.RnetHubError` is printed as one ``error:`` line naming the fix,
 with its ``exit_code`` (2 for bad input or environment, 1 for failed checks such as parity);
-Ctrl-C gives 130. Any other exception is a bug and keeps its traceback. ``--debug`` (or
-``RNET_HUB_DEBUG=1``) shows the traceback of known errors too.
+Ctrl-C gives 130, and SIGTERM, handled like Ctrl-C (:class:`~rnet_hub.interrupts.Terminated`),
+143: either way the temporary folders are removed first (see :mod:`rnet_hub.interrupts`). Any
+other exception is a bug and keeps its traceback. ``--debug`` (or ``RNET_HUB_DEBUG=1``) shows
+the traceback of known errors too.
 
 Importing this package (and building the parser) imports neither torch nor timm.
 """
@@ -18,14 +20,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import RnetHubError
-from . import convert, demo, embed, push, sample
+from ..interrupts import Terminated, check, handled
+from . import clean, convert, demo, embed, push, sample
 from ._shared import SubParsers
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["Terminated", "build_parser", "main", "run"]
 
 #: The command modules' ``add_parser`` functions, in the order ``--help`` lists the commands.
 _COMMANDS: list[Callable[[SubParsers], None]] = [
@@ -34,6 +38,7 @@ _COMMANDS: list[Callable[[SubParsers], None]] = [
     convert.add_parser,  # convert, verify
     push.add_parser,  # push, publish-all
     embed.add_parser,  # embed
+    clean.add_parser,  # clean
 ]
 
 #: Set to anything but empty, 0, false, no or off: known errors show their traceback (like ``--debug``).
@@ -73,13 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        return args.func(args)
+        with handled():
+            code = args.func(args)
+            check()  # a signal that the command's code swallowed still ends in 130 or 143
+            return code
     except RnetHubError as exc:
         if args.debug or _debug_from_env():
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print("terminated; nothing was left half-written", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("interrupted; nothing was left half-written", file=sys.stderr)
         return 130
 
