@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import rnet_hub
 import rnet_hub.staging
 from rnet_hub.cli import main
 from rnet_hub.errors import (
@@ -97,6 +98,7 @@ def test_script_failed_parity_is_exit_1(converted_dir, tmp_path):
 _BUG = """
 import sys
 import rnet_hub.cli
+import rnet_hub
 import rnet_hub.staging
 
 def boom(out_dir, overwrite):
@@ -305,3 +307,9 @@ def test_imaging_errors_are_hierarchy_errors(tmp_path, monkeypatch):
 def test_embed_option_errors(tmp_path, capsys, option, message):
     assert main(["embed", str(tmp_path), "--model", str(tmp_path), "-q", *option]) == 2
     assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_version_is_printed_by_the_console_script():
+    done = subprocess.run([str(Path(sys.executable).parent / "rnet-hub"), "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, f"rnet-hub {rnet_hub.__version__}")

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import RnetHubError
 from ..interrupts import Terminated, check, handled
+from ..version import __version__
 from . import clean, convert, demo, embed, push, sample
 from ._shared import SubParsers
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rnet-hub",
         description="RadiologyNET foundation models for timm, transformers and the Hugging Face Hub.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"rnet-hub {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of known errors too (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
