@@ -13,10 +13,11 @@ import pytest
 import safetensors
 import timm
 import torch
+from reference_topologies import PARITY_RTOL
 
 from rnet_hub import ARCHITECTURES, legacy
 from rnet_hub.legacy.checkpoint import open_legacy_checkpoint
-from rnet_hub.parity import RELATIVE_TOLERANCE, parity_input
+from rnet_hub.parity import parity_input
 
 SPECS = {spec.name: spec for spec in ARCHITECTURES}
 
@@ -30,7 +31,8 @@ def _legacy_logits(archive, spec, inputs):
 
 
 def _assert_parity(reference: torch.Tensor, candidate: torch.Tensor) -> None:
-    tolerance = RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
+    """The promise: max|Δlogits| <= PARITY_RTOL (1e-4) x max(1, max|logits|), and the same top-1."""
+    tolerance = PARITY_RTOL * max(1.0, reference.abs().max().item())
     assert (reference - candidate).abs().max().item() <= tolerance
     assert torch.equal(reference.argmax(1), candidate.argmax(1))
 
