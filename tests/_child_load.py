@@ -90,11 +90,14 @@ def _timm_loaders(job: Job, models: Models) -> Outputs:
 
 
 def _create_model(job: Job, models: Models) -> Outputs:
-    """``rnet_hub.create_model`` on the repository id and on ``hf-hub:<id>@<commit>``."""
+    """``rnet_hub.create_model`` on the repository id and on ``hf-hub:<id>@<commit>``.
+
+    Like ``timm.create_model``, it returns the model in train mode: ``.eval()`` for inference, as users do.
+    """
     import rnet_hub
 
-    models["create"] = rnet_hub.create_model(job.repo_id)
-    pinned = rnet_hub.create_model(f"hf-hub:{job.repo_id}@{job.revision}")
+    models["create"] = rnet_hub.create_model(job.repo_id).eval()
+    pinned = rnet_hub.create_model(f"hf-hub:{job.repo_id}@{job.revision}").eval()
     return {"create": models["create"](job.x), "create_weights": _fingerprint(models["create"]),
             "create_rev_weights": _fingerprint(pinned)}
 
@@ -103,10 +106,10 @@ def _variants(job: Job, models: Models) -> Outputs:
     """``num_classes``, ``in_chans=1`` and ``features_only`` through ``rnet_hub.create_model`` on a Hub id."""
     import rnet_hub
 
-    base = models.get("create") or rnet_hub.create_model(job.repo_id)
-    new_head = rnet_hub.create_model(job.repo_id, num_classes=job.num_classes)
-    gray = rnet_hub.create_model(job.repo_id, in_chans=1)
-    features = rnet_hub.create_model(job.repo_id, features_only=True)
+    base = models.get("create") or rnet_hub.create_model(job.repo_id).eval()
+    new_head = rnet_hub.create_model(job.repo_id, num_classes=job.num_classes).eval()
+    gray = rnet_hub.create_model(job.repo_id, in_chans=1).eval()
+    features = rnet_hub.create_model(job.repo_id, features_only=True).eval()
     one_channel = job.probe[:, :1]
     return {**_head_outputs(base, job.probe, "base_"), **_head_outputs(new_head, job.probe, "new_head_"),
             "gray_logits": gray(one_channel), "gray_reference": base(one_channel.repeat(1, 3, 1, 1)),

@@ -11,10 +11,13 @@ For each architecture, a fresh Python process (``tests/_child_load.py``, environ
 - transformers: ``AutoModelForImageClassification``, ``AutoModel``, ``AutoImageProcessor``,
   ``pipeline("image-feature-extraction")`` and ``pipeline("image-classification")``.
 
-It does so twice: with the server answering over HTTP (``HF_ENDPOINT``), then with the server
-stopped and ``HF_HUB_OFFLINE=1``, from the HF cache the first run filled. The child only
+It does so twice: online, over HTTP (``HF_ENDPOINT``), then with ``HF_HUB_OFFLINE=1`` from the HF
+cache the first run filled, the server still up and answering: it must receive no request at all
+while the offline child runs (a client that ignored ``HF_HUB_OFFLINE`` would be served, so only the
+request log can tell; with the server stopped, huggingface_hub would quietly fall back to the
+cache on the refused connection and the test would prove nothing). The child only
 records outputs; this module compares them with the legacy wrapper run on the source weights
-(relative tolerance ``RELATIVE_TOLERANCE`` x max(1, max|logits|), the converter's) and with
+(max|Δ| <= ``PARITY_RTOL`` x max(1, max|logits|), the product's promise, a test-side literal) and with
 timm's own loaders.
 
 Three architectures of different families run in the default suite, in one shared round
@@ -41,10 +44,11 @@ import torch
 from hub_fixtures import TEST_TOKEN, HubClient, point_clients_at
 from hub_server import RecordedRequest, running_hub
 from PIL import Image
+from reference_topologies import PARITY_RTOL
 
 from rnet_hub import ARCHITECTURES, ArchSpec, find_arch, legacy
 from rnet_hub.legacy.checkpoint import open_legacy_checkpoint
-from rnet_hub.parity import RELATIVE_TOLERANCE, parity_input
+from rnet_hub.parity import parity_input
 from rnet_hub.publish.push import push_folder
 
 ORG = "radiologynet"
@@ -77,7 +81,8 @@ class RoundTrip:
     image: Image.Image
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     online_requests: list[RecordedRequest] = field(default_factory=list)
-    server_refused_offline: bool = False
+    offline_requests: list[RecordedRequest] = field(default_factory=list)
+    server_answered_offline: bool = False  # the server accepted connections while the offline child ran
 
     def get(self, phase: str, name: str, key: str) -> Any:
         """One recorded output; fails with the child's traceback when the check producing it raised."""
@@ -118,13 +123,13 @@ def _run_child(job: Path, env: dict[str, str], out: Path) -> dict[str, Any]:
     return torch.load(out, weights_only=True)
 
 
-def _refuses_connections(endpoint: str) -> bool:
+def _accepts_connections(endpoint: str) -> bool:
     host, port = endpoint.removeprefix("http://").rsplit(":", 1)
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
     except OSError:
-        return True
-    return False
+        return False
+    return True
 
 
 def _write_job(workdir: Path, trip: RoundTrip, specs: list[ArchSpec]) -> Path:
@@ -142,7 +147,7 @@ def _write_job(workdir: Path, trip: RoundTrip, specs: list[ArchSpec]) -> Path:
 
 def _round_trip(names: tuple[str, ...], workdir: Path, sample_archive: Callable[..., Path],
                 converted_dir: Callable[..., Path]) -> RoundTrip:
-    """Convert and push ``names``, then load them in a fresh process online and, server stopped, offline."""
+    """Convert and push ``names``, then load them in a fresh process online and offline (server up, unasked)."""
     specs = [find_arch(name) for name in names]
     inputs = {spec.timm_arch: parity_input(spec.input_size, batch=2, seed=123) for spec in specs}
     legacy_logits = {s.name: _legacy_logits(sample_archive(s.name), s, inputs[s.timm_arch]) for s in specs}
@@ -155,12 +160,14 @@ def _round_trip(names: tuple[str, ...], workdir: Path, sample_archive: Callable[
                 trip.commits[spec.name] = push_folder(converted_dir(spec.name), repo_id=_repo_id(spec),
                                                       token=TEST_TOKEN).commit_sha
         job = _write_job(workdir, trip, specs)
-        offline_env = client.env(offline=True, token=False, **CHILD_ENV)
         pushed = len(hub.requests)
         trip.outputs["online"] = _run_child(job, client.env(token=False, **CHILD_ENV), workdir / "online.pt")
         trip.online_requests = hub.requests[pushed:]
-    trip.server_refused_offline = _refuses_connections(hub.endpoint)
-    trip.outputs["offline"] = _run_child(job, offline_env, workdir / "offline.pt")
+        online = len(hub.requests)
+        offline_env = client.env(offline=True, token=False, **CHILD_ENV)
+        trip.outputs["offline"] = _run_child(job, offline_env, workdir / "offline.pt")
+        trip.offline_requests = hub.requests[online:]
+        trip.server_answered_offline = _accepts_connections(hub.endpoint)  # (this probe sends no HTTP request)
     return trip
 
 
@@ -193,9 +200,9 @@ def _cases(*, phases: tuple[str, ...] = PHASES) -> list[Any]:
 
 
 def _assert_parity(reference: torch.Tensor, candidate: torch.Tensor, what: str) -> None:
-    """The converter's criterion: max|Δ| <= 1e-4 x max(1, max|reference|) and the same top-1."""
+    """The promise: max|Δ| <= PARITY_RTOL (1e-4) x max(1, max|reference|) and the same top-1."""
     assert candidate.shape == reference.shape, what
-    tolerance = RELATIVE_TOLERANCE * max(1.0, reference.abs().max().item())
+    tolerance = PARITY_RTOL * max(1.0, reference.abs().max().item())
     difference = (reference - candidate).abs().max().item()
     assert difference <= tolerance, f"{what}: max|Δ| {difference:.3e} > {tolerance:.3e}"
     assert torch.equal(reference.argmax(-1), candidate.argmax(-1)), what
@@ -296,8 +303,14 @@ def test_every_client_downloaded_over_http(name, phase, round_trip):
 
 
 @pytest.mark.parametrize(("name", "phase"), _cases(phases=("offline",)))
-def test_offline_run_reads_the_cache_with_the_server_stopped(name, phase, round_trip):
+def test_offline_run_reads_the_cache_and_asks_the_running_server_nothing(name, phase, round_trip):
+    """timm (hf-hub: and the tag), rnet_hub.create_model and transformers, all offline: zero requests, same outputs."""
     trip = round_trip(name)
-    assert trip.server_refused_offline
+    assert trip.server_answered_offline and trip.online_requests  # it was there to be asked, and online it was
+    asked = [f"{r.method} {r.path} ({r.headers.get('user-agent', '?')})" for r in trip.offline_requests]
+    print(f"{len(trip.online_requests)} requests online, {len(asked)} while HF_HUB_OFFLINE=1 (server up)")
+    assert asked == [], f"{len(asked)} requests while HF_HUB_OFFLINE=1:\n" + "\n".join(asked[:20])
+    for key in ("timm_hub", "timm_tag", "create", "create_rev_weights", "hf_logits", "pipe_scores"):
+        trip.get("offline", name, key)  # each loading path ran offline (else: its traceback)
     for key in DETERMINISTIC:
         assert torch.equal(trip.get("online", name, key), trip.get("offline", name, key)), key

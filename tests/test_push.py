@@ -1,7 +1,15 @@
 """``rnet-hub push`` / ``push_folder`` against the loopback Hub, through the real clients.
 
 The pushed folder is the converted seed-0 stand-in ResNet18 (random weights): these tests are
-about publishing mechanics, not about the real RadiologyNET weights.
+about publishing mechanics, not about the real RadiologyNET weights. Its 45 MB ``model.safetensors``
+goes through the LFS batch upload (preupload says "lfs"), ``config.json`` and ``README.md`` ride the
+commit as regular files.
+
+``test_a_fault_on_any_call_ends_in_one_commit_or_one_clear_error`` injects one fault at a time on
+every call a push makes (repository creation, preupload, LFS batch, object PUT, LFS verify,
+commit): a push either ends in exactly one complete commit, or raises ``PushError`` with nothing
+committed. ``huggingface_hub``'s own retries (``http_backoff``) sleep 1, 2, 4 ... s; the
+``no_backoff_sleep`` fixture records those waits instead of sleeping them.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hub_server import LoopbackHub
 from huggingface_hub import HfApi, hf_hub_download
 
 from rnet_hub.cli import main
@@ -40,6 +50,33 @@ def _assert_remote_is(api: HfApi, sha: str, folder: Path, cache: Path) -> None:
     """Every local file downloads back byte for byte from commit ``sha``."""
     for name, data in _local(folder).items():
         assert Path(hf_hub_download(REPO, name, revision=sha, cache_dir=cache)).read_bytes() == data, name
+
+
+@pytest.fixture
+def no_backoff_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """``huggingface_hub``'s ``http_backoff`` records its waits here instead of sleeping them."""
+    import huggingface_hub.utils._http as http
+
+    waits: list[float] = []
+    monkeypatch.setattr(http, "time", SimpleNamespace(sleep=waits.append))
+    return waits
+
+
+def _our_commits(hub: LoopbackHub) -> list:
+    """The repository's commits newest first, without its initial commit (none if it was never created)."""
+    if not hub.has_repo(REPO):
+        return []
+    return [c for c in hub.history(REPO) if c.title != "initial commit"]
+
+
+def _assert_one_complete_commit(hub: LoopbackHub, folder: Path, sha: str | None, cache: Path) -> None:
+    """One new commit on main holding every file (the weights as an LFS object), downloads equal to the folder."""
+    ours = _our_commits(hub)
+    assert [c.oid for c in ours] == [sha]
+    assert set(ours[0].tree) == {".gitattributes", *_local(folder)} and ours[0].lfs == {"model.safetensors"}
+    assert ("lfsFile", "model.safetensors") in ours[0].operations
+    assert set(hub.refs(REPO)) == {"main"}  # no stray branch or pull request
+    _assert_remote_is(HfApi(endpoint=hub.endpoint), sha, folder, cache)
 
 
 def test_cli_push_makes_one_commit_prints_its_url_and_never_the_token(folder, hub_client, hub_server, tmp_path,
@@ -112,6 +149,106 @@ def test_503_then_dropped_connection_still_gives_exactly_one_commit(folder, hub_
     commits = api.list_repo_commits(REPO)
     assert len(commits) == 2 and commits[0].commit_id == result.commit_sha
     _assert_remote_is(api, result.commit_sha, folder, tmp_path / "cache")
+
+
+# (call, path fragment, method) of every request a push makes that changes something or uploads
+CALLS = {
+    "create_repo": ("/api/repos/create", "POST"),
+    "preupload": ("/preupload/", "POST"),
+    "lfs_batch": (".git/info/lfs/objects/batch", "POST"),
+    "lfs_put": ("/lfs-upload/", "PUT"),
+    "lfs_verify": (".git/info/lfs/objects/verify", "POST"),
+    "commit": ("/commit/", "POST"),
+}
+# fault kind -> what the push must end in: "commit" (exactly one complete commit) or "error" (PushError, no commit)
+FAULTS = {
+    "503-once": "commit",  # a transient answer
+    "reset": "commit",  # the connection closed before the request was handled
+    "lost-response": "commit",  # handled (a commit made, an object stored), the response lost
+    "500-after-effect": "commit",  # handled, then a proxy's 500 instead of the answer
+    "503-always": "error",  # never recovers: retries end in one clear error
+    "403": "error",  # refused: no retry
+}
+# ... except: the object was stored before its verify kept failing, so the retried push finds it there (the batch
+# answers without actions, nothing to upload or verify) and commits
+EXCEPTIONS = {("lfs_verify", "503-always"): "commit"}
+
+
+def _inject(hub: LoopbackHub, call: str, fault: str) -> None:
+    path, method = CALLS[call]
+    if fault == "503-once":
+        hub.fail_next(1, path_contains=path, method=method, status=503)
+    elif fault == "reset":
+        hub.drop_next(1, path_contains=path, method=method)
+    elif fault == "lost-response":
+        hub.drop_next(1, path_contains=path, method=method, after_handling=True)
+    elif fault == "500-after-effect":
+        hub.fail_next(1, path_contains=path, method=method, status=500, after_handling=True)
+    elif fault == "503-always":
+        hub.fail_next(10_000, path_contains=path, method=method, status=503)
+    else:
+        hub.fail_next(10_000, path_contains=path, method=method, status=int(fault))
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("call", list(CALLS))
+def test_a_fault_on_any_call_ends_in_one_commit_or_one_clear_error(folder, hub_client, hub_server, tmp_path,
+                                                                    no_backoff_sleep, call, fault):
+    path, method = CALLS[call]
+    _inject(hub_server, call, fault)
+    if EXCEPTIONS.get((call, fault), FAULTS[fault]) == "commit":
+        result = push_folder(folder, repo_id=REPO, retry=FAST)
+        assert hub_server.pending_faults() == 0 or fault == "503-always"  # the fault fired
+        _assert_one_complete_commit(hub_server, folder, result.commit_sha, tmp_path / "cache")
+        if call == "commit":  # a landed commit is recognised, not repeated; a failed one is tried again
+            assert result.attempts == (2 if fault in ("503-once", "reset") else 1)
+    else:
+        with pytest.raises(PushError, match=REPO) as raised:
+            push_folder(folder, repo_id=REPO, retry=FAST)
+        message = str(raised.value)
+        if fault == "403":
+            assert "refused to let this token write" in message and "HTTP 403" in message
+        else:
+            assert "failed after retries: HTTP 503" in message and "run the same command again" in message
+        hub_server.clear_faults()
+        assert _our_commits(hub_server) == []
+        if hub_server.has_repo(REPO):
+            assert set(hub_server.refs(REPO)) == {"main"}
+    assert hub_server.requests_to(path, method), f"the push never made the {call} call"
+
+
+@pytest.mark.parametrize("how", ["injected-412", "concurrent-commit"])
+def test_a_commit_that_lost_a_race_is_one_clear_error_and_commits_nothing(folder, hub_client, hub_server, how):
+    """The branch moved after the push read its head: the commit names a stale parent and the Hub answers 412."""
+    if how == "injected-412":
+        hub_server.fail_next(1, path_contains="/commit/", method="POST", status=412)
+    else:  # another client commits while this push is uploading: the parent check is the server's, not injected
+        hub_server.before_next(lambda hub: hub.commit_files(REPO, {"notes.txt": b"someone else"}, title="theirs"),
+                               path_contains="/commit/", method="POST")
+    with pytest.raises(PushError, match=rf"{REPO} changed while pushing .*run the same command again"):
+        push_folder(folder, repo_id=REPO, retry=FAST)
+    assert len(hub_server.requests_to("/commit/", "POST")) == 1  # never retried blindly
+    titles = [c.title for c in hub_server.history(REPO)]
+    assert titles == (["initial commit"] if how == "injected-412" else ["theirs", "initial commit"])
+    assert "model.safetensors" not in hub_server.history(REPO)[0].tree
+
+
+def test_weights_go_through_lfs_and_small_text_files_ride_the_commit(folder, hub_client, hub_server, tmp_path):
+    result = push_folder(folder, repo_id=REPO, retry=FAST)
+    puts = hub_server.requests_to("/lfs-upload/", "PUT")
+    assert len(puts) == 1 and "authorization" not in puts[0].headers  # a signed URL: the token stays with the Hub
+    assert len(hub_server.requests_to(".git/info/lfs/objects/batch", "POST")) == 1
+    commit = hub_server.history(REPO)[0]
+    assert sorted(commit.operations) == [("file", "README.md"), ("file", "config.json"),
+                                         ("lfsFile", "model.safetensors")]
+    weights = (folder / "model.safetensors").read_bytes()
+    assert hub_server.lfs_objects(REPO) == {hashlib.sha256(weights).hexdigest()}
+    _assert_one_complete_commit(hub_server, folder, result.commit_sha, tmp_path / "cache")
+    (folder / "README.md").write_text("# changed card\n")
+    second = push_folder(folder, repo_id=REPO, retry=FAST)  # the weights are already there: no second upload
+    assert len(hub_server.requests_to("/lfs-upload/", "PUT")) == 1
+    assert hub_server.history(REPO)[0].operations == (("file", "README.md"),)
+    assert remote_matches_local(folder, REPO, second.commit_sha)
 
 
 def test_create_pr_after_a_lost_response_opens_one_pull_request(folder, hub_client, hub_server):

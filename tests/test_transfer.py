@@ -355,26 +355,38 @@ def test_every_source_kind_fills_a_timm_model(kind: str, sample_archive: Fixture
         assert torch.equal(tensor, expected[key]), key
 
 
-@pytest.mark.parametrize(("name", "repo_id", "revision"), [
-    ("hf-hub:radiologynet/resnet18@v1.0", "radiologynet/resnet18", "v1.0"),
-    ("radiologynet/resnet18", "radiologynet/resnet18", None),
-    ("res18@v1.0", "radiologynet/resnet18", "v1.0"),
-])
-def test_hub_ids_download_config_and_weights(name: str, repo_id: str, revision: str | None,
-                                             converted_dir: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    import huggingface_hub
+def test_hub_names_download_the_pinned_commit_from_the_hub(converted_dir: Fixture, hub_client, hub_server,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two commits on the (loopback) Hub; a name pinned to the first one's sha gets its weights, not main's."""
+    from hub_server import LoopbackHub
 
-    calls = []
+    from rnet_hub.publish.push import push_folder
 
-    def fake_snapshot(repo: str, *, revision: str | None = None, allow_patterns: list[str], **kwargs: object) -> str:
-        calls.extend((repo, filename, revision) for filename in allow_patterns)
-        return str(converted_dir("ResNet18"))
-
+    hub: LoopbackHub = hub_server
     monkeypatch.delenv("RNET_HUB_ORG", raising=False)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    report = transfer_weights(name, timm.create_model("resnet18", num_classes=36), strict=True)
-    assert sorted(calls) == [(repo_id, "config.json", revision), (repo_id, WEIGHTS_NAME, revision)]
-    assert report.source == name and report.coverage == 1.0
+    repo = "radiologynet/resnet18"
+    first_dir = converted_dir("ResNet18")
+    first_weights = safetensors.torch.load_file(first_dir / WEIGHTS_NAME)
+    first = push_folder(first_dir, repo_id=repo).commit_sha
+    second_dir = Path(shutil.copytree(first_dir, tmp_path / "second"))
+    with safetensors.safe_open(first_dir / WEIGHTS_NAME, "pt") as handle:
+        metadata = handle.metadata()
+    second_weights = {k: v + 1 for k, v in first_weights.items()}  # every tensor differs from the first commit's
+    safetensors.torch.save_file(second_weights, second_dir / WEIGHTS_NAME, metadata=metadata)
+    second = push_folder(second_dir, repo_id=repo).commit_sha
+    assert first != second and [c.oid for c in hub.history(repo)][:2] == [second, first]
+
+    for name, expected in [(f"hf-hub:{repo}@{first}", first_weights),
+                           (f"{repo}@{first}", first_weights),
+                           (f"res18@{first}", first_weights),  # the short name: radiologynet/resnet18
+                           (repo, second_weights)]:  # no revision: main
+        target = timm.create_model("resnet18", num_classes=36)
+        report = transfer_weights(name, target, strict=True)
+        assert report.source == name and report.coverage == 1.0
+        for key, tensor in target.state_dict().items():
+            assert torch.equal(tensor, expected[key]), (name, key)
+    for sha in (first, second):  # each commit's weights were downloaded over HTTP, by the commit's sha
+        assert len(hub.requests_to(f"/{repo}/resolve/{sha}/{WEIGHTS_NAME}", "GET")) == 1, sha
 
 
 def test_bad_sources_and_targets_are_explained(tmp_path: Path) -> None:

@@ -278,10 +278,27 @@ def _retrying(retry: RetryPolicy, what: str, call: Callable[[], _T]) -> _T:
     raise AssertionError("unreachable: RetryPolicy.waits() ends with None")
 
 
-def _status(exc: BaseException) -> int | None:
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors it was raised from: huggingface_hub wraps a failed LFS upload in a
+    ``RuntimeError("Error while uploading ...")`` raised from the HTTP or network error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__
+
+
+def _http_error(exc: BaseException) -> Any | None:
+    """The ``HfHubHTTPError`` (with a response) behind ``exc``, if any."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    return exc.response.status_code if isinstance(exc, HfHubHTTPError) and exc.response is not None else None
+    return next((e for e in _causes(exc) if isinstance(e, HfHubHTTPError) and e.response is not None), None)
+
+
+def _status(exc: BaseException) -> int | None:
+    error = _http_error(exc)
+    return error.response.status_code if error is not None else None
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -291,12 +308,14 @@ def _is_transient(exc: BaseException) -> bool:
 
     network = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError, ConnectionError,
                TimeoutError)
-    return _status(exc) in _RETRY_STATUS or (isinstance(exc, network) and not isinstance(exc, OfflineModeIsEnabled))
+    return _status(exc) in _RETRY_STATUS or any(isinstance(e, network) and not isinstance(e, OfflineModeIsEnabled)
+                                                for e in _causes(exc))
 
 
 def _describe(exc: BaseException) -> str:
     status = _status(exc)
-    return f"HTTP {status}" if status is not None else f"{type(exc).__name__}: {exc}"
+    root = list(_causes(exc))[-1]  # the network error itself, not huggingface_hub's wrapper around it
+    return f"HTTP {status}" if status is not None else f"{type(root).__name__}: {root}"
 
 
 def _commit_url(api: Any, repo_id: str, sha: str) -> str:
@@ -306,8 +325,6 @@ def _commit_url(api: Any, repo_id: str, sha: str) -> str:
 @contextmanager
 def _hub_errors(repo_id: str) -> Iterator[None]:
     """Turn Hub and network failures into one ``PushError`` that says what to do (never naming the token)."""
-    from huggingface_hub.errors import HfHubHTTPError
-
     try:
         yield
     except PushError:
@@ -323,6 +340,9 @@ def _hub_errors(repo_id: str) -> Iterator[None]:
         if _is_transient(exc):
             raise PushError(f"pushing to {repo_id} failed after retries: {_describe(exc)}; check the network and "
                             "HF_ENDPOINT, then run the same command again (it never makes a second commit)") from exc
-        if isinstance(exc, HfHubHTTPError):
-            raise PushError(f"pushing to {repo_id} failed: {exc}") from exc
+        if _http_error(exc) is not None:
+            raise PushError(f"pushing to {repo_id} failed: {_http_error(exc)}") from exc
+        if isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc):  # the client's own check
+            raise PushError(f"nothing was pushed to {repo_id}: {' '.join(str(exc).split())}; fix the YAML header "
+                            f"of README.md (rnet_hub.build_card writes one the Hub accepts)") from exc
         raise
