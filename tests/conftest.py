@@ -7,6 +7,7 @@ weights; nothing here is a result on the real RadiologyNET weights.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,3 +52,12 @@ def converted_dir(tmp_path_factory: pytest.TempPathFactory, sample_archive: Call
         return cache[name]
 
     return make
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's temporary folders (extractions, staging) are created here, so leftovers can be seen."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ import safetensors
 from rnet_hub.archives.extract import ArchiveExtraction
 from rnet_hub.cli import main
 from rnet_hub.errors import SourceError
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Extractions in this test create their temporary folders here, so leftovers can be seen."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def _bad_archive(sample_archive, path: Path) -> Path:
