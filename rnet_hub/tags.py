@@ -45,7 +45,8 @@ def register_pretrained_tags(org: str | None = None) -> list[str]:
     org = org or default_org()
     names = []
     for spec in ARCHITECTURES:
-        cfg = pretrained_cfg(spec, num_classes=PRETRAINING_NUM_CLASSES, repo_id=spec.repo_id(org))
+        cfg = pretrained_cfg(spec, num_classes=PRETRAINING_NUM_CLASSES, repo_id=spec.repo_id(org),
+                             origin_url=spec.archive_url)
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}  # timm's cfgs hold tuples
         names.append(add_pretrained_tag(spec.timm_arch, TAG, cfg, model_args=spec.model_args))
     return names

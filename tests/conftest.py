@@ -41,6 +41,7 @@ def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
 @pytest.fixture(scope="session")
 def converted_dir(tmp_path_factory: pytest.TempPathFactory, sample_archive: Callable[..., Path]) -> Callable[..., Path]:
     """``converted_dir("ResNet18")`` -> a converted folder of the seed-0 stand-in archive (cached)."""
+    from rnet_hub.architectures import find_arch
     from rnet_hub.converter import convert
 
     root = tmp_path_factory.mktemp("converted")
@@ -48,7 +49,8 @@ def converted_dir(tmp_path_factory: pytest.TempPathFactory, sample_archive: Call
 
     def make(name: str) -> Path:
         if name not in cache:
-            cache[name] = convert(sample_archive(name), root / name, progress=False).out_dir
+            cache[name] = convert(sample_archive(name), root / name, repo_id=find_arch(name).repo_id(),
+                                  progress=False).out_dir
         return cache[name]
 
     return make

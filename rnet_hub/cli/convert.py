@@ -114,7 +114,8 @@ def _add_convert(sub: SubParsers) -> None:
     parser.add_argument("source", help="archive, .pth file or URL")
     parser.add_argument("--arch", help=f"architecture, detected from the weights when omitted; {ARCH_HELP}")
     parser.add_argument("--out", type=Path, help="output folder (default converted/<timm architecture>)")
-    parser.add_argument("--repo-id", help="Hub repository the folder is meant for (default radiologynet/<arch>)")
+    parser.add_argument("--repo-id", help="Hub repository the folder is meant for, recorded as hf_hub_id "
+                                          "(default: none; a user's own conversion never claims the official one)")
     labels = parser.add_mutually_exclusive_group()
     labels.add_argument("--label-names", help="comma-separated class names, one per output of the head")
     labels.add_argument("--label-names-file", type=Path, help="file with one class name per line")

@@ -16,15 +16,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.num_workers is not None and args.num_workers < 0:
         raise BadInputError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if args.device is not None:
-        import torch
+        from ..imaging.embed import resolve_device
 
-        try:
-            device = torch.device(args.device)
-        except (RuntimeError, ValueError) as exc:
-            raise BadInputError(f"--device {args.device!r} is not a torch device ({exc}); "
-                                f"use e.g. cpu, cuda or cuda:1") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise BadInputError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+        resolve_device(args.device, option="--device")
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:

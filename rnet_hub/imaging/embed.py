@@ -52,7 +52,7 @@ from .dicom import load_frames
 from .embed_output import COLUMNS, OutputPaths, Writer, write_errors, write_parquet
 from .transforms import ImageTransform, create_transform
 
-__all__ = ["COLUMNS", "DEFAULT_FILE_TIMEOUT", "EmbedReport", "collect_inputs", "embed"]
+__all__ = ["COLUMNS", "DEFAULT_FILE_TIMEOUT", "EmbedReport", "collect_inputs", "embed", "resolve_device"]
 
 DEFAULT_FILE_TIMEOUT = 60.0
 """Seconds one file may take to read (and turn into model inputs) before it is skipped."""
@@ -175,11 +175,40 @@ def _one_thread(_: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 def _load_model(name: str) -> nn.Module:
-    """The pretrained timm model for ``name``: any name :func:`rnet_hub.create_model` takes
-    (a converted folder, ``radiologynet/resnet50``, ``ResNet50``, ...)."""
+    """The pretrained timm model for ``name`` in eval mode: any name :func:`rnet_hub.create_model` takes
+    (a converted folder, ``radiologynet/resnet50``, ``ResNet50``, ...). A damaged folder raises
+    :class:`~rnet_hub.errors.ConvertedFolderError` naming the file, before anything is written."""
     from ..loading import create_model
 
-    return create_model(name, pretrained=True)
+    return create_model(name, pretrained=True).eval()  # create_model returns train mode, as timm does
+
+
+def resolve_device(device: str | torch.device | None, *, option: str = "device") -> torch.device:
+    """The torch device to embed on: ``device``, or cuda when available, else cpu.
+
+    One check for the API and the CLI (which passes ``option="--device"`` so the message names its option).
+
+    Raises:
+        BadInputError: ``device`` is not a torch device (``"bogus"``), or not one this machine has (cuda
+            without a GPU, ``cuda:3`` with one GPU): checked before anything is read or written.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = f"{option} cpu" if option.startswith("--") else f"{option}='cpu'"
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise BadInputError(f"{option} {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from exc
+    if target.type == "meta":
+        raise BadInputError(f"{option} meta holds no values, so nothing can be embedded on it; use {cpu}")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"{option} {device}: no CUDA device is available here; use {cpu}")
+    try:
+        torch.empty(0, device=target)  # the device exists and works (cuda:N within range, mps present, ...)
+    except (RuntimeError, AssertionError) as exc:  # torch without that backend asserts
+        reason = str(exc).splitlines()[0].split(". ")[0][:160]
+        raise BadInputError(f"{option} {device}: this machine cannot use it ({reason}); use {cpu}") from exc
+    return target
 
 
 def _forward_fn(model: nn.Module, stage: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -288,11 +317,14 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
           file_timeout: float | None = DEFAULT_FILE_TIMEOUT) -> EmbedReport:
     """Embed every image under ``inputs`` with ``model``; see the module docstring for the outputs.
 
-    ``file_timeout``: seconds one file may take to read before it is skipped (``None`` or 0: no limit)."""
+    ``file_timeout``: seconds one file may take to read before it is skipped (``None`` or 0: no limit).
+    ``device``: cuda when available, else cpu; one this machine cannot use is a :class:`BadInputError`
+    (:func:`resolve_device`), raised like the other option errors before anything is read or written."""
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if file_timeout is not None and not file_timeout >= 0:
         raise BadInputError(f"--file-timeout must be 0 (no limit) or more seconds, got {file_timeout}")
+    target = resolve_device(device)
     files = collect_inputs(inputs)
     paths = OutputPaths.for_out(out)
     meta = {"model": _model_id(model), "stage": stage, "faithful": faithful}
@@ -300,7 +332,6 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
     todo = [f for f in files if str(f) not in writer.done]
     report = EmbedReport(npy=paths.npy, csv=paths.csv, already_done=len(files) - len(todo))
     net = _load_model(model)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = net.to(target, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     transform = create_transform(net, faithful=faithful)
     meta["input"] = {k: transform.config[k] for k in ("input_size", "interpolation", "crop_mode", "mean", "std")}

@@ -63,7 +63,7 @@ def safe_torch_load(path: Path, *, display_name: str | None = None) -> Any:
             f"{str(exc).splitlines()[0][:200]}). Only a checkpoint from a source you trust should be "
             f"re-saved as a plain state dict; rnet_hub never unpickles code"
         ) from exc
-    except (RuntimeError, EOFError, zlib.error) as exc:
+    except (RuntimeError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise SourceError(f"{name} is not a readable PyTorch checkpoint ({exc}); it may be truncated: "
                           f"download or extract it again") from exc
 

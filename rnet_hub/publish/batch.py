@@ -160,7 +160,8 @@ def _convert_fresh(spec: ArchSpec, source: str, local: Path, folder: Path, *, so
                    progress: bool, echo: Echo) -> Prepared:
     from ..converter import convert
 
-    result = convert(local, folder, arch=spec.name, repo_id=repo_id, overwrite=True, progress=progress)
+    result = convert(local, folder, arch=spec.name, repo_id=repo_id, origin_url=source_url(source) or spec.archive_url,
+                     overwrite=True, progress=progress)
     _write_record(folder, source_sha256=source_sha, weights_sha256=result.weights_sha256,
                   max_abs_diff=result.parity.max_abs_diff, tolerance=result.parity.tolerance)
     echo(f"  converted {source} (sha256 {source_sha}) -> {folder}: {result.parity}")

@@ -77,7 +77,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import BadInputError, TransferError
+from ..errors import BadInputError, SourceError, TransferError
+from ..legacy.checkpoint import first_non_finite
 from .matching import Target, match
 from .report import ShapeMismatch, TransferredTensor, TransferReport, percent
 from .sources import Source, name_schemes, open_source
@@ -108,8 +109,9 @@ def transfer_weights(source: Source, target: nn.Module, *, strict: bool = False,
 
     Raises:
         TransferError: ``strict`` or ``min_coverage`` refused; the target was not changed.
-        BadInputError: the source or the target cannot be read (``SourceError`` for sources,
-            ``UnknownArchitectureError`` for a name that designates no model).
+        BadInputError: the source or the target cannot be read (``SourceError`` for sources, also when a
+            tensor that would be copied holds NaN/Inf; ``UnknownArchitectureError`` for a name that designates
+            no model). Nothing is copied then either.
     """
     if min_coverage is not None and not 0.0 <= min_coverage <= 1.0:
         raise BadInputError(f"min_coverage must be a fraction between 0 and 1, got {min_coverage}")
@@ -121,6 +123,12 @@ def transfer_weights(source: Source, target: nn.Module, *, strict: bool = False,
         schemes, source_arch = name_schemes(state, hint)
         plan = match(filling, schemes)
         report = plan.report(state, description, source_arch)
+        # only what would be copied: a source's unused tensors (an uninitialised head) may hold anything
+        bad = first_non_finite({t.source: state[t.source] for t in report.transferred})  # no copy made
+        if bad is not None:
+            raise SourceError(f"{description}: {bad} holds NaN/Inf values, which would make the target's outputs "
+                              f"NaN; the weights are damaged: use an undamaged source (convert or download it "
+                              f"again)")
         _log(report)
         _check(report, filling, strict, min_coverage)
         plan.apply()  # inside the block: an archive's tensors are only valid until it ends
