@@ -75,7 +75,8 @@ def ensure_materialised(model: nn.Module) -> nn.Module:
     return model
 
 
-def _damaged(path: Path, exc: BaseException) -> ConvertedFolderError:
+def damaged_weights(path: Path, exc: BaseException) -> ConvertedFolderError:
+    """The error for a ``model.safetensors`` that cannot be read (every loader of a weights file raises it)."""
     return ConvertedFolderError(f"{path} cannot be read: it is truncated or not a safetensors file ({exc}); "
                                 f"convert or download the folder again")
 
@@ -121,7 +122,7 @@ def _fit_problems(model_dir: str | os.PathLike[str], expected: Mapping[str, torc
             dtypes = {k: v.get_dtype() for k, v in slices.items()}
             metadata = dict(weights.metadata() or {})
     except (OSError, safetensors.SafetensorError) as exc:
-        raise _damaged(path, exc) from exc
+        raise damaged_weights(path, exc) from exc
     wanted = {k: v for k, v in expected.items() if not skip(k)}
     problems = [p for p in (
         _listed("missing", [k for k in wanted if k not in shapes]),
@@ -180,7 +181,7 @@ def load_folder_weights(model_dir: str | os.PathLike[str],
     try:
         state = safetensors.torch.load_file(path, device="cpu")
     except (OSError, safetensors.SafetensorError) as exc:
-        raise _damaged(path, exc) from exc
+        raise damaged_weights(path, exc) from exc
     if dtype is not None:
         for key, tensor in state.items():
             if tensor.is_floating_point() and tensor.dtype != dtype:

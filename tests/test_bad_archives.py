@@ -243,3 +243,19 @@ def test_the_temp_folder_check_sees_extractions(sample_archive, private_tmp):
         assert checkpoint.state_dict
         assert list(private_tmp.iterdir()), "the extraction did not use the temp folder"
     assert not list(private_tmp.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "dangling symlink"])
+def test_a_source_that_is_no_regular_file_is_named_for_what_it_is(kind: str, tmp_path: Path) -> None:
+    source = tmp_path / "ResNet18.tar.gz"
+    if kind == "folder":
+        source.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(source)
+    else:
+        source.symlink_to(tmp_path / "gone.tar.gz")
+    expected = {"folder": "is a folder, not a regular file", "fifo": r"is a named pipe \(FIFO\), not a regular file",
+                "dangling symlink": "is a symlink to .*gone.tar.gz, which does not exist"}[kind]
+    with pytest.raises(SourceError, match=expected):  # never opened: a FIFO would block here
+        convert(source, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -109,6 +109,12 @@ def test_truncated_weights_are_named_by_every_loader(keep, converted_dir, sample
         rnet_hub.embed([_image_folder(tmp_path)], model=str(folder), out=tmp_path / "emb" / "x", progress=False,
                        device="cpu")
     assert not (tmp_path / "emb").exists()
+    target = timm.create_model("resnet18", num_classes=36)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    for source in (folder, weights):  # the folder, and the weights file alone
+        with pytest.raises(ConvertedFolderError, match=expected):
+            rnet_hub.transfer_weights(source, target)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
 
 
 # ----------------------------------------------------------------------------------------- 6c architecture swapped

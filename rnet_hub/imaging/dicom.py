@@ -77,7 +77,6 @@ compressed transfer syntaxes need pydicom's pixel handlers (``"rnet-hub[dicom-co
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -87,6 +86,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadInputError, ImageReadError, MissingExtraError
+from ..files import regular_file_problem
 from .export_rules import (
     CR_RULES,
     DROP_MODES,
@@ -174,27 +174,12 @@ def _import_pydicom() -> Any:
     return pydicom
 
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def _require_regular_file(where: str) -> None:
-    """Refuse, without opening it, anything but a regular file or a symlink to one: opening a FIFO
-    blocks until a writer comes, and a device such as ``/dev/zero`` never ends."""
-    try:
-        mode = os.stat(where).st_mode
-    except OSError as exc:
-        if not os.path.islink(where):
-            raise ImageReadError(f"{where} cannot be read: {exc.strerror or exc}") from exc
-        if exc.errno == errno.ENOENT:
-            raise ImageReadError(f"{where} is a symlink to {os.readlink(where)}, which does not exist") from exc
-        raise ImageReadError(f"{where} is a symlink to {os.readlink(where)} that cannot be followed "
-                             f"({exc.strerror or exc})") from exc
-    if stat.S_ISREG(mode):
-        return
-    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
-    link = f" (a symlink to {os.readlink(where)})" if os.path.islink(where) else ""
-    raise ImageReadError(f"{where} is {kind}{link}, not a regular file; only regular files are read")
+    """Refuse, without opening it, anything but a regular file or a symlink to one (see :mod:`rnet_hub.files`)."""
+    problem = regular_file_problem(where)
+    if problem is not None:
+        suffix = "; only regular files are read" if problem.endswith("not a regular file") else ""
+        raise ImageReadError(problem + suffix)
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:

@@ -26,6 +26,7 @@ from ..archives.download import download_to_cache, is_url
 from ..archives.extract import ArchiveExtraction, file_sha256, sniff
 from ..archives.torchzip import STATE_DICT_KEYS
 from ..errors import SourceError, UnsafeCheckpointError
+from ..files import regular_file_problem
 
 __all__ = ["LegacyCheckpoint", "find_state_dict", "first_non_finite", "open_legacy_checkpoint", "resolve_source",
            "safe_torch_load"]
@@ -104,9 +105,12 @@ def resolve_source(source: str | os.PathLike[str], *, cache_dir: Path | None = N
     if isinstance(source, str) and is_url(source):
         return download_to_cache(source, cache_dir=cache_dir, progress=progress, expected_sha256=expected_sha256)
     path = Path(source).expanduser()
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise SourceError(f"no such checkpoint file: {path} (pass a .tar.gz/.tar archive, a .pth/.pt file, "
                           f"or an http(s) URL)")
+    problem = regular_file_problem(path)
+    if problem is not None:  # a folder, a FIFO, a device, a dangling link: never opened
+        raise SourceError(f"{problem}; pass a .tar.gz/.tar archive or a .pth/.pt file")
     return path
 
 

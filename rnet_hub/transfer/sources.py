@@ -155,7 +155,7 @@ def _download(ref: ModelRef, name: str) -> Path:
 def _read_folder(folder: Path) -> tuple[StateDict, Hint]:
     """The weights of a converted folder (checked to be one), and the architecture its config names."""
     hint = _spec_hint(read_config(folder).get("architecture"), "timm")
-    return safetensors.torch.load_file(folder / WEIGHTS_NAME, device="cpu"), hint
+    return _load_safetensors(folder / WEIGHTS_NAME), hint
 
 
 def _read_safetensors(path: Path) -> tuple[StateDict, Hint]:
@@ -163,8 +163,22 @@ def _read_safetensors(path: Path) -> tuple[StateDict, Hint]:
     if not path.is_file():
         raise SourceError(f"no such weights file: {path}")
     config_path = path.parent / CONFIG_NAME
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return safetensors.torch.load_file(path, device="cpu"), _spec_hint(config.get("architecture"), "timm")
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        config = {}  # only a hint: the weights' own names are matched anyway
+    return _load_safetensors(path), _spec_hint(config.get("architecture") if isinstance(config, dict) else None,
+                                               "timm")
+
+
+def _load_safetensors(path: Path) -> StateDict:
+    """The tensors of a safetensors file; a truncated or damaged one is named by the loaders' own error."""
+    from ..loading import damaged_weights
+
+    try:
+        return safetensors.torch.load_file(path, device="cpu")
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise damaged_weights(path, exc) from exc
 
 
 # ----------------------------------------------------------------------------- naming
