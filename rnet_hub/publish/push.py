@@ -340,9 +340,9 @@ def _hub_errors(repo_id: str) -> Iterator[None]:
         if _is_transient(exc):
             raise PushError(f"pushing to {repo_id} failed after retries: {_describe(exc)}; check the network and "
                             "HF_ENDPOINT, then run the same command again (it never makes a second commit)") from exc
-        if _http_error(exc) is not None:
-            raise PushError(f"pushing to {repo_id} failed: {_http_error(exc)}") from exc
         if isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc):  # the client's own check
             raise PushError(f"nothing was pushed to {repo_id}: {' '.join(str(exc).split())}; fix the YAML header "
                             f"of README.md (rnet_hub.build_card writes one the Hub accepts)") from exc
+        if _http_error(exc) is not None:
+            raise PushError(f"pushing to {repo_id} failed: {_http_error(exc)}") from exc
         raise
