@@ -103,9 +103,10 @@ def test_pretrained_cfg_carries_every_timm_field(converted_dir):
         timm.models.get_pretrained_cfg("resnet18.a1_in1k").pool_size)  # timm's own for 224 px
 
 
-def test_a_users_conversion_claims_no_published_repository(converted_dir, sample_archive, tmp_path):
+def test_a_users_conversion_claims_no_published_repository(sample_archive, tmp_path):
     spec = find_arch("ResNet18")
-    plain = read_config(converted_dir("ResNet18"))["pretrained_cfg"]  # a local file, no repo_id
+    plain = read_config(convert(sample_archive("ResNet18"), tmp_path / "plain",  # a local file, no repo_id
+                                progress=False).out_dir)["pretrained_cfg"]
     assert (plain["hf_hub_id"], plain["tag"], plain["origin_url"]) == (None, None, None)
     own = read_config(convert(sample_archive("ResNet18"), tmp_path / "own", repo_id="someone/resnet18-ft",
                               progress=False).out_dir)["pretrained_cfg"]
