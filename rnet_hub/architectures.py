@@ -23,6 +23,7 @@ __all__ = [
     "ArchSpec",
     "default_org",
     "find_arch",
+    "max_checkpoint_bytes",
 ]
 
 ARCHIVE_BASE_URL = "http://radiologynet.riteh.hr/models"
@@ -154,3 +155,21 @@ def find_arch(name: str) -> ArchSpec:
             f"unknown RadiologyNET architecture {name!r}; use one of {known} "
             f"(or an alias such as res50, or a timm name such as resnet50)"
         ) from None
+
+
+#: A legacy checkpoint is at most this many times its published archive: the archive holds the model and
+#: its AdamW moments, which compress little; the margin covers other heads and float64 weights without them.
+CHECKPOINT_SIZE_MARGIN = 2
+
+
+def max_checkpoint_bytes(file_name: str | None = None) -> tuple[int, str]:
+    """The largest a legacy checkpoint can be, and what the bound is for: the architecture ``file_name``
+    names (``ResNet50.pth``), else the largest of the ten. Extraction refuses larger members up front."""
+    try:
+        spec = find_arch(str(file_name).split(".", 1)[0]) if file_name else None
+    except UnknownArchitectureError:
+        spec = None
+    if spec is None:
+        largest = max(ARCHITECTURES, key=lambda s: s.archive_bytes)
+        return CHECKPOINT_SIZE_MARGIN * largest.archive_bytes, "any RadiologyNET checkpoint"
+    return CHECKPOINT_SIZE_MARGIN * spec.archive_bytes, f"a {spec.name} checkpoint"

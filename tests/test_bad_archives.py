@@ -9,6 +9,7 @@ also run through the ``rnet-hub convert`` console script: exit status 2 and exac
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import random
@@ -259,3 +260,17 @@ def test_a_source_that_is_no_regular_file_is_named_for_what_it_is(kind: str, tmp
     with pytest.raises(SourceError, match=expected):  # never opened: a FIFO would block here
         convert(source, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_member_larger_than_any_checkpoint_is_refused_from_its_header(private_tmp: Path, tmp_path: Path) -> None:
+    """A 3 GiB member (a zip bomb of zeros, or a lying header) is refused before a byte of it is written."""
+    header = tarfile.TarInfo("ResNet18.pth")
+    header.size = 3 * 2**30
+    archive = tmp_path / "ResNet18.tar.gz"
+    with gzip.open(archive, "wb") as out:  # the header and a little data: enough for the reader to decide
+        out.write(header.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 4096)
+    with pytest.raises(SourceError, match=r"ResNet18.pth in ResNet18.tar.gz is 3.0 GiB, more than a ResNet18 "
+                                          r"checkpoint can be \(at most 234 MiB"):
+        convert(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert list(private_tmp.iterdir()) == []

@@ -44,6 +44,7 @@ from typing import BinaryIO, NoReturn, cast
 from huggingface_hub.utils.sha import sha_fileobj
 
 from .. import interrupts
+from ..architectures import max_checkpoint_bytes
 from ..errors import LayoutError, SourceError
 from ..leftovers import Finding, Run, RunLock, disk_usage, remove, sweep
 from ..progress import progress_bar
@@ -203,6 +204,16 @@ def _rest_of(stream: BinaryIO) -> SourceError | None:
     return None
 
 
+def _check_member_size(member: tarfile.TarInfo, name: str, archive: str) -> None:
+    """Refuse, from its tar header and before a byte is written, a member larger than any checkpoint can be
+    (a small archive can hold gigabytes of zeros)."""
+    limit, what = max_checkpoint_bytes(name)
+    if member.size > limit:
+        raise SourceError(f"{name} in {archive} is {member.size / 2**30:.1f} GiB, more than {what} can be (at most "
+                          f"{limit / 2**20:.0f} MiB: twice the published archive); it is not a RadiologyNET "
+                          f"checkpoint, or the archive is damaged: refusing to extract it")
+
+
 def _copy_checkpoint_member(stream: BinaryIO, archive: str, workdir: Path, progress: bool) -> Path | None:
     """Walk the tar stream, checking every member; copy the one checkpoint out."""
     found: Path | None = None
@@ -211,6 +222,7 @@ def _copy_checkpoint_member(stream: BinaryIO, archive: str, workdir: Path, progr
             name = _checked_member_name(member, archive)
             if not member.isfile() or not name.name.lower().endswith(CHECKPOINT_SUFFIXES):
                 continue
+            _check_member_size(member, name.name, archive)
             if found is not None:
                 raise SourceError(f"{archive} holds more than one checkpoint ({found.name!r} and "
                                   f"{member.name!r}); extract the one you want and pass that .pth instead")
