@@ -120,3 +120,12 @@ def test_a_users_conversion_claims_no_published_repository(sample_archive, tmp_p
                                    origin_url=spec.archive_url, progress=False).out_dir)["pretrained_cfg"]
     assert (official["hf_hub_id"], official["tag"], official["origin_url"]) == (
         "radiologynet/resnet18", PUBLISHED_TAG, spec.archive_url)
+
+
+def test_the_card_of_a_users_conversion_claims_no_repository(sample_archive, tmp_path):
+    text = (convert(sample_archive("ResNet18"), tmp_path / "own", progress=False).out_dir / "README.md").read_text()
+    assert "**Not published.**" in text and 'timm.create_model("hf-hub:YOUR-ORG/resnet18"' in text
+    assert "hf-hub:radiologynet/" not in text and "radiologynet/resnet18" not in text
+    named = convert(sample_archive("ResNet18"), tmp_path / "named", repo_id="someone/resnet18-ft", progress=False)
+    named_text = (named.out_dir / "README.md").read_text()
+    assert "**Not published.**" not in named_text and 'timm.create_model("hf-hub:someone/resnet18-ft"' in named_text

@@ -59,6 +59,8 @@ CLASSIFICATION = "image-classification"
 #: The tool that measures the card's GMACs, named in the card.
 FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode"
 
+#: The placeholder organisation in the snippets of a card whose folder names no Hub repository.
+UNPUBLISHED_ORG = "YOUR-ORG"
 
 def template_path() -> Path:
     """The card template, shipped inside the package (``rnet_hub/publish/templates/``)."""
@@ -165,7 +167,7 @@ def converter_versions() -> dict[str, str]:
     return {"rnet_hub": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
-def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str | None, source_sha256: str | None,
+def build_card(spec: ArchSpec | str, *, repo_id: str | None, source_name: str | None, source_sha256: str | None,
                parity_max_abs_diff: float | None, parity_tolerance: float | None = None,
                source_url: str | None = None, num_classes: int = PRETRAINING_NUM_CLASSES,
                label_names: Sequence[str] | None = None, base_model: str | None = None, task: str | None = None,
@@ -174,7 +176,9 @@ def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str | None, s
 
     Args:
         spec: the architecture: a table row or any model name (:mod:`rnet_hub.names`).
-        repo_id: the Hub repository the card is for; every usage snippet loads from it.
+        repo_id: the Hub repository the card is for; every usage snippet loads from it. ``None``: a
+            conversion meant for no repository (a user's own): the card says so and its snippets use the
+            placeholder ``YOUR-ORG/<timm architecture>``, so it never claims the official repository.
         source_name, source_sha256: the file the weights were converted from and its sha256.
         parity_max_abs_diff, parity_tolerance: max|Δlogits| measured at conversion, and its tolerance.
         source_url: where the source was downloaded from, when it was.
@@ -190,6 +194,8 @@ def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str | None, s
     version is read from this environment). Fine-tunes are always cards of a conversion.
     """
     spec = spec if isinstance(spec, ArchSpec) else architecture_of(spec)
+    unpublished = repo_id is None
+    repo_id = repo_id or f"{UNPUBLISHED_ORG}/{spec.timm_arch}"
     if label_names is not None and len(label_names) != num_classes:
         raise BadInputError(f"{len(label_names)} label names for a head of {num_classes} classes; "
                             f"give one per output")
@@ -202,6 +208,7 @@ def build_card(spec: ArchSpec | str, *, repo_id: str, source_name: str | None, s
         "title": f"{spec.name} fine-tuned from RadiologyNET" if finetuned else f"RadiologyNET {spec.name}",
         "finetuned": finetuned, "repo_id": repo_id, "num_classes": num_classes, "base_model": base, "task": task,
         "label_names": list(label_names) if label_names is not None else None, "pending": pending,
+        "unpublished": unpublished,
         **_table_values(spec), **_stats_values(model_stats(spec, num_classes)),
         **_provenance_values(source_name=source_name, source_sha256=source_sha256, source_url=source_url,
                              parity_max_abs_diff=parity_max_abs_diff, parity_tolerance=parity_tolerance,
