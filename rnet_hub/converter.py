@@ -216,7 +216,7 @@ def convert(source: Source, out_dir: str | os.PathLike[str] | None = None, *,
                                                                  parity_input(spec.input_size)), spec.input_size)
             if not parity.passed:
                 raise ParityError(f"{spec.name}: the converted model does not reproduce the original; {parity}")
-            # The card's usage snippets need a repository; without repo_id they show the published one.
+            # Without repo_id the card says it is not published and its snippets use a placeholder repository.
             card = build_card(spec, repo_id=repo_id, source_name=checkpoint.source_name,
                               source_sha256=checkpoint.sha256, parity_max_abs_diff=parity.max_abs_diff,
                               parity_tolerance=parity.tolerance, source_url=origin, num_classes=num_classes,
