@@ -108,8 +108,9 @@ def test_parquet_when_pyarrow_is_installed(folder, tmp_path, reference):
         assert not (tmp_path / "emb.parquet").exists() and (tmp_path / "emb.csv").exists()
         return
     table = pq.read_table(f"{stem}.parquet")
-    assert table.column_names == ["path", "sop_instance_uid", "frame", "window_center", "window_width", "rule",
-                                  "embedding"]
+    assert table.column_names == ["path", "sop_instance_uid", "series_instance_uid", "study_instance_uid", "frame",
+                                  "window_index", "window_center", "window_width", "rule", "modality", "model_id",
+                                  "weights_sha256", "hub_revision", "embedding"]
     np.testing.assert_array_equal(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)),
                                   np.load(f"{stem}.npy"))
     assert table.column("frame").to_pylist() == [0, *range(15)]

@@ -9,10 +9,16 @@ or through one feature stage, averaged over space, on request.
 Outputs for ``--out STEM`` (``.npy``/``.csv``/``.parquet`` suffixes are dropped):
 
 * ``STEM.npy``: float32, one row per image;
-* ``STEM.csv``: the same rows: path, sop_instance_uid, frame, window_center, window_width, rule;
-* ``STEM.json``: the model, stage, transform and embedding size, checked on ``--resume``;
-* ``STEM.parquet``: both in one table, when pyarrow is installed (``pip install "rnet-hub[parquet]"``);
+* ``STEM.csv``: the same rows: path, SOP/Series/Study instance UIDs, frame, window index, center and
+  width, rule, modality (:data:`~rnet_hub.imaging.embed_schema.INDEX_COLUMNS`);
+* ``STEM.json``: the model, weights hash, stage, transform and embedding size, checked on ``--resume``;
+* ``STEM.parquet``: both in one table with the model columns (:mod:`.embed_schema`, the Ray engine's
+  schema too), when pyarrow is installed (``pip install "rnet-hub[parquet]"``);
+* ``STEM.series.parquet`` / ``STEM.study.parquet``: pooled vectors, with ``aggregate`` (:mod:`.aggregate`);
 * ``STEM.errors.csv``: files that could not be read, with the reason (they are skipped).
+
+The Ray engine (:mod:`.embed_ray`) runs the same reading and model on a Ray cluster;
+:func:`rnet_hub.embed` (:mod:`.embed_engines`) runs either.
 
 Only regular files (and symlinks to them) are opened: FIFOs, sockets, devices, dangling
 symlinks and symlinks to folders met while walking are listed in ``STEM.errors.csv`` with the
@@ -42,46 +48,26 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import BadInputError
-from ..names import parse_model_name
 from ..progress import progress_bar
+from .aggregate import check_levels, write_aggregates
 from .dicom import load_frames
+from .embed_inputs import collect_inputs
+from .embed_model import forward_fn, identify_model, load_model, resolve_device
 from .embed_output import COLUMNS, OutputPaths, Writer, write_errors, write_parquet
 from .transforms import ImageTransform, create_transform
 
-__all__ = ["COLUMNS", "DEFAULT_FILE_TIMEOUT", "EmbedReport", "collect_inputs", "embed", "resolve_device"]
+__all__ = ["COLUMNS", "DEFAULT_FILE_TIMEOUT", "EmbedReport", "collect_inputs", "embed", "read_file",
+           "resolve_device"]
 
 DEFAULT_FILE_TIMEOUT = 60.0
 """Seconds one file may take to read (and turn into model inputs) before it is skipped."""
 
 # ---------------------------------------------------------------------------------------
-# Inputs
+# Reading
 # ---------------------------------------------------------------------------------------
-
-def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Absolute paths of the given files and of every file under the given folders (sorted,
-    hidden names skipped, duplicates dropped). A missing input raises before anything runs.
-
-    Nothing is opened here: entries that are not regular files (FIFOs, devices, dangling
-    symlinks, symlinks to folders inside a walked folder, which are not followed) are listed
-    too, and reading refuses them with the reason, so that the run reports them as skipped."""
-    files: dict[Path, None] = {}
-    for given in inputs:
-        path = Path(given).absolute()
-        if path.is_dir():
-            for root, dirs, names in os.walk(path):
-                links = [d for d in dirs if os.path.islink(os.path.join(root, d))]  # reported, not followed
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
-                files.update((Path(root) / n, None) for n in sorted(names + links) if not n.startswith("."))
-        elif os.path.lexists(path):  # a file, or something that reading will refuse with the reason
-            files[path] = None
-        else:
-            raise BadInputError(f"input not found: {given}")
-    return list(files)
-
 
 class _ReadTimeout(BaseException):
     """Raised by the alarm in the reading thread; a BaseException so that no reader's ``except Exception`` eats it."""
@@ -135,6 +121,39 @@ class _Item(NamedTuple):
     error: str | None
 
 
+def _dicom_uids(path: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, StudyInstanceUID) of a DICOM file already read once ("" when absent)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True,
+                         specific_tags=["SeriesInstanceUID", "StudyInstanceUID"])
+    return str(ds.get("SeriesInstanceUID", "") or ""), str(ds.get("StudyInstanceUID", "") or "")
+
+
+def read_file(path: str, transform: ImageTransform, file_timeout: float | None = None) -> _Item:
+    """All images of one file as model inputs with their rows (:data:`COLUMNS`), or the reason it could
+    not be read within ``file_timeout`` seconds (never raises for a bad file). Both engines read with it."""
+    try:
+        with _time_limit(file_timeout):
+            frames = load_frames(path)
+            images = torch.stack([transform(frame) for frame in frames])
+            dicom = any(f.rule != "image" for f in frames)
+            series, study = _dicom_uids(path) if dicom else ("", "")
+    except _ReadTimeout:
+        return _Item(path, None, [], f"TimeoutError: {path} took longer than {file_timeout:g} s to read; skipped")
+    except Exception as exc:  # an unreadable file is reported, never fatal
+        return _Item(path, None, [], f"{type(exc).__name__}: {exc}")
+    rows, windows = [], {}
+    for f in frames:
+        windows[f.frame] = windows.get(f.frame, -1) + 1  # CT/XA: one image per window of a frame
+        rows.append({"path": path, "sop_instance_uid": f.sop_instance_uid or "", "series_instance_uid": series,
+                     "study_instance_uid": study, "frame": f.frame, "window_index": windows[f.frame],
+                     "window_center": "" if f.window is None else f.window[0],
+                     "window_width": "" if f.window is None else f.window[1], "rule": f.rule,
+                     "modality": f.modality or ""})
+    return _Item(path, images, rows, None)
+
+
 class _FileDataset(Dataset):
     """One item per file: all its images as model inputs, or the reason it could not be read."""
 
@@ -145,20 +164,7 @@ class _FileDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> _Item:
-        path = str(self.files[index])
-        try:
-            with _time_limit(self.file_timeout):
-                frames = load_frames(path)
-                images = torch.stack([self.transform(frame) for frame in frames])
-        except _ReadTimeout:
-            return _Item(path, None, [], f"TimeoutError: {path} took longer than {self.file_timeout:g} s to read; "
-                                         "skipped")
-        except Exception as exc:  # an unreadable file is reported, never fatal
-            return _Item(path, None, [], f"{type(exc).__name__}: {exc}")
-        rows = [{"path": path, "sop_instance_uid": f.sop_instance_uid or "", "frame": f.frame,
-                 "window_center": "" if f.window is None else f.window[0],
-                 "window_width": "" if f.window is None else f.window[1], "rule": f.rule} for f in frames]
-        return _Item(path, images, rows, None)
+        return read_file(str(self.files[index]), self.transform, self.file_timeout)
 
 
 def _as_is(item: _Item) -> _Item:
@@ -171,78 +177,38 @@ def _one_thread(_: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------
-
-def _load_model(name: str) -> nn.Module:
-    """The pretrained timm model for ``name`` in eval mode: any name :func:`rnet_hub.create_model` takes
-    (a converted folder, ``radiologynet/resnet50``, ``ResNet50``, ...). A damaged folder raises
-    :class:`~rnet_hub.errors.ConvertedFolderError` naming the file, before anything is written."""
-    from ..loading import create_model
-
-    return create_model(name, pretrained=True).eval()  # create_model returns train mode, as timm does
-
-
-def resolve_device(device: str | torch.device | None, *, option: str = "device") -> torch.device:
-    """The torch device to embed on: ``device``, or cuda when available, else cpu.
-
-    One check for the API and the CLI (which passes ``option="--device"`` so the message names its option).
-
-    Raises:
-        BadInputError: ``device`` is not a torch device (``"bogus"``), or not one this machine has (cuda
-            without a GPU, ``cuda:3`` with one GPU): checked before anything is read or written.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cpu = f"{option} cpu" if option.startswith("--") else f"{option}='cpu'"
-    try:
-        target = torch.device(device)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise BadInputError(f"{option} {device!r} is not a torch device; use e.g. cpu, cuda or cuda:1") from exc
-    if target.type == "meta":
-        raise BadInputError(f"{option} meta holds no values, so nothing can be embedded on it; use {cpu}")
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError(f"{option} {device}: no CUDA device is available here; use {cpu}")
-    try:
-        torch.empty(0, device=target)  # the device exists and works (cuda:N within range, mps present, ...)
-    except (RuntimeError, AssertionError) as exc:  # torch without that backend asserts
-        reason = str(exc).splitlines()[0].split(". ")[0][:160]
-        raise BadInputError(f"{option} {device}: this machine cannot use it ({reason}); use {cpu}") from exc
-    return target
-
-
-def _forward_fn(model: nn.Module, stage: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Pooled features (what the classifier sees), or stage ``stage`` averaged over space."""
-    if stage is None:
-        return lambda x: model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
-    stages = len(getattr(model, "feature_info", []))
-    if not 0 <= stage < stages:
-        raise BadInputError(f"--stage must be between 0 and {stages - 1} for {type(model).__name__}, got {stage}")
-    return lambda x: model.forward_intermediates(x, indices=[stage], intermediates_only=True)[0].mean(dim=(2, 3))
-
-
-# ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
 
 @dataclass
 class EmbedReport:
-    """What a run did: files and images embedded, files skipped as done, files that failed."""
+    """What a run did: files and images embedded, files skipped as done, files that failed, what was written.
 
-    npy: Path
-    csv: Path
+    The local engine writes ``npy`` + ``csv`` (+ ``parquet``, a file); the Ray engine ``parquet``, a
+    folder of shards (``npy`` and ``csv`` are None)."""
+
+    npy: Path | None
+    csv: Path | None
     parquet: Path | None = None
     errors_csv: Path | None = None
     files: int = 0
     images: int = 0
     already_done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    aggregates: list[Path] = field(default_factory=list)
+    engine: str = "local"
 
     def __str__(self) -> str:
-        lines = [f"embedded {self.images} images from {self.files} files into {self.npy} + {self.csv.name}"
-                 + (f" + {self.parquet.name}" if self.parquet else "") if self.npy.exists() else "no images embedded"]
+        if self.npy is not None and self.csv is not None:
+            written = self.npy.exists() and f"{self.npy} + {self.csv.name}" + \
+                (f" + {self.parquet.name}" if self.parquet else "")
+        else:
+            written = self.parquet is not None and self.parquet.exists() and f"{self.parquet} (Parquet shards)"
+        lines = [f"embedded {self.images} images from {self.files} files into {written}" if written
+                 else "no images embedded"]
         if self.already_done:
             lines.append(f"skipped {self.already_done} files already embedded (--resume)")
+        lines += [f"pooled vectors: {path}" for path in self.aggregates]
         if self.failed:
             lines.append(f"{len(self.failed)} files could not be read and were skipped; see {self.errors_csv}")
             lines += [f"  {path}: {error}" for path, error in self.failed[:5]]
@@ -298,10 +264,12 @@ def _default_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) // 2 - 1))
 
 
-def _model_id(name: str) -> str:
-    """How the index records the model: a folder's absolute path, else the name as given (checked early)."""
-    ref = parse_model_name(name)
-    return str(ref.folder.absolute()) if ref.folder is not None else name
+def check_common_options(batch_size: int, file_timeout: float | None) -> None:
+    """The option checks both engines make before anything is read or written."""
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if file_timeout is not None and not file_timeout >= 0:
+        raise BadInputError(f"--file-timeout must be 0 (no limit) or more seconds, got {file_timeout}")
 
 
 def _iter_items(files: Sequence[Path], transform: ImageTransform, workers: int,
@@ -314,28 +282,33 @@ def _iter_items(files: Sequence[Path], transform: ImageTransform, workers: int,
 def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os.PathLike[str] = "embeddings",
           batch_size: int = 32, num_workers: int | None = None, resume: bool = False, stage: int | None = None,
           faithful: bool = False, device: str | None = None, progress: bool = True,
-          file_timeout: float | None = DEFAULT_FILE_TIMEOUT) -> EmbedReport:
-    """Embed every image under ``inputs`` with ``model``; see the module docstring for the outputs.
+          file_timeout: float | None = DEFAULT_FILE_TIMEOUT, aggregate: Sequence[str] = (),
+          max_pool: bool = False) -> EmbedReport:
+    """Embed every image under ``inputs`` with ``model`` in this process (the local engine); see the module
+    docstring for the outputs. :func:`rnet_hub.embed` also runs the Ray engine.
 
+    ``inputs``: files, folders, glob patterns and CSV/Parquet manifests (:mod:`.embed_inputs`).
     ``file_timeout``: seconds one file may take to read before it is skipped (``None`` or 0: no limit).
     ``device``: cuda when available, else cpu; one this machine cannot use is a :class:`BadInputError`
-    (:func:`resolve_device`), raised like the other option errors before anything is read or written."""
-    if batch_size < 1:
-        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if file_timeout is not None and not file_timeout >= 0:
-        raise BadInputError(f"--file-timeout must be 0 (no limit) or more seconds, got {file_timeout}")
+    (:func:`resolve_device`), raised like the other option errors before anything is read or written.
+    ``aggregate``: ``"series"`` and/or ``"study"``: also write mean-pooled vectors per UID (and max-pooled
+    ones with ``max_pool``) to ``STEM.series.parquet`` / ``STEM.study.parquet`` (:mod:`.aggregate`)."""
+    levels = check_levels(aggregate)
+    check_common_options(batch_size, file_timeout)
     target = resolve_device(device)
     files = collect_inputs(inputs)
     paths = OutputPaths.for_out(out)
-    meta = {"model": _model_id(model), "stage": stage, "faithful": faithful}
+    info = identify_model(model)
+    meta = {"model": info.model_id, "weights_sha256": info.weights_sha256, "hub_revision": info.hub_revision,
+            "stage": stage, "faithful": faithful}
     writer = Writer(paths, meta, resume=resume)
     todo = [f for f in files if str(f) not in writer.done]
     report = EmbedReport(npy=paths.npy, csv=paths.csv, already_done=len(files) - len(todo))
-    net = _load_model(model)
+    net = load_model(info.folder)
     net = net.to(target, memory_format=torch.channels_last).eval()  # faster convolutions on CPU and GPU
     transform = create_transform(net, faithful=faithful)
     meta["input"] = {k: transform.config[k] for k in ("input_size", "interpolation", "crop_mode", "mean", "std")}
-    batcher = _Batcher(_forward_fn(net, stage), writer, batch_size, target)
+    batcher = _Batcher(forward_fn(net, stage), writer, batch_size, target)
     workers = _default_workers() if num_workers is None else num_workers
     if file_timeout and not workers and hasattr(signal, "setitimer") and not _can_time_reads():
         workers = 1  # the alarm only works in a process's main thread: a worker's is one
@@ -358,5 +331,11 @@ def embed(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os
         writer.close()
     report.errors_csv = write_errors(paths, report.failed)
     if paths.npy.exists():
-        report.parquet = write_parquet(paths)
+        report.parquet = write_parquet(paths, info.columns())
+    if levels:
+        if report.parquet is None:
+            from ..errors import MissingExtraError
+
+            raise MissingExtraError("--aggregate writes Parquet and needs pyarrow: pip install 'rnet-hub[parquet]'")
+        report.aggregates = write_aggregates([report.parquet], paths.stem, levels, max_pool=max_pool)
     return report

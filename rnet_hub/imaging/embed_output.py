@@ -1,8 +1,9 @@
 """The files ``rnet-hub embed`` writes, and how they are appended and resumed.
 
 For ``--out STEM``: ``STEM.npy`` (float32 rows), ``STEM.csv`` (one row per image: the
-:data:`COLUMNS`), ``STEM.json`` (model, stage, transform, size; checked on resume),
-``STEM.parquet`` (both together, with pyarrow) and ``STEM.errors.csv`` (skipped files).
+:data:`COLUMNS`), ``STEM.json`` (model, weights, stage, transform, size; checked on resume),
+``STEM.parquet`` (both together, with the model columns: :mod:`.embed_schema`, with pyarrow)
+and ``STEM.errors.csv`` (skipped files).
 The ``.npy`` header, rewritten after each append, is the commit point: an interrupted run
 leaves consistent files.
 """
@@ -20,10 +21,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError, OutputExistsError
+from .embed_schema import INDEX_COLUMNS, MODEL_COLUMNS, arrow_table
 
-__all__ = ["COLUMNS", "OutputPaths", "Writer", "write_errors", "write_parquet"]
+__all__ = ["COLUMNS", "RESUME_KEYS", "OutputPaths", "Writer", "write_errors", "write_parquet"]
 
-COLUMNS = ("path", "sop_instance_uid", "frame", "window_center", "window_width", "rule")
+COLUMNS = INDEX_COLUMNS
+#: What ``--resume`` checks in ``STEM.json``: a run with other values would mix two kinds of vectors.
+RESUME_KEYS = ("model", "weights_sha256", "stage", "faithful")
 
 
 def _npy_header(rows: int, dim: int) -> bytes:
@@ -35,34 +39,43 @@ def _npy_header(rows: int, dim: int) -> bytes:
 
 @dataclass(frozen=True)
 class OutputPaths:
+    """The files written for ``--out STEM``."""
+
     stem: Path
 
     @classmethod
     def for_out(cls, out: str | os.PathLike[str]) -> OutputPaths:
+        """The paths for ``--out`` (a ``.npy``/``.csv``/``.parquet`` suffix is dropped)."""
         path = Path(out).absolute()
         return cls(path.with_suffix("") if path.suffix in (".npy", ".csv", ".parquet") else path)
 
     def with_ext(self, ext: str) -> Path:
+        """``STEM`` + ``ext``."""
         return self.stem.parent / (self.stem.name + ext)
 
     @property
     def npy(self) -> Path:
+        """``STEM.npy``: the float32 rows."""
         return self.with_ext(".npy")
 
     @property
     def csv(self) -> Path:
+        """``STEM.csv``: the index."""
         return self.with_ext(".csv")
 
     @property
     def meta(self) -> Path:
+        """``STEM.json``: the run's settings."""
         return self.with_ext(".json")
 
     @property
     def parquet(self) -> Path:
+        """``STEM.parquet``: a file (local engine) or a folder of shards (Ray engine)."""
         return self.with_ext(".parquet")
 
     @property
     def errors(self) -> Path:
+        """``STEM.errors.csv``: the files skipped."""
         return self.with_ext(".errors.csv")
 
 
@@ -86,6 +99,15 @@ def _read_rows(path: Path) -> list[list[str]]:
     return rows[1:]
 
 
+def check_resumable(meta_path: Path, output: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume ``output`` when ``meta_path`` records other :data:`RESUME_KEYS` values than ``meta``."""
+    written = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    for key in RESUME_KEYS:
+        if written.get(key) != meta.get(key):
+            raise BadInputError(f"{output} was written with {key}={written.get(key)!r}, not "
+                                f"{meta.get(key)!r}; resume with the same options or choose another --out")
+
+
 class Writer:
     """Appends rows to ``.npy`` + ``.csv``, creating them on the first rows (nothing on failure)."""
 
@@ -95,6 +117,9 @@ class Writer:
         self.done: set[str] = set()
         self._npy: io.BufferedRandom | None = None
         self._csv: io.TextIOWrapper | None = None
+        if paths.parquet.is_dir():
+            raise OutputExistsError(f"{paths.parquet} is a folder of shards: --out {paths.stem} holds the Ray "
+                                    f"engine's output; choose another --out")
         existing = [p for p in (paths.npy, paths.csv) if p.exists()]
         if existing and not resume:
             raise OutputExistsError(f"{existing[0]} exists; pass --resume to add the missing files to it, "
@@ -104,11 +129,7 @@ class Writer:
 
     def _reopen(self) -> None:
         """Continue existing outputs, cut back to the last committed row."""
-        written = json.loads(self.paths.meta.read_text()) if self.paths.meta.exists() else {}
-        for key in ("model", "stage", "faithful"):
-            if written.get(key) != self.meta[key]:
-                raise BadInputError(f"{self.paths.npy} was written with {key}={written.get(key)!r}, not "
-                                 f"{self.meta[key]!r}; resume with the same options or choose another --out")
+        check_resumable(self.paths.meta, self.paths.npy, self.meta)
         rows, dim, header = _read_npy_rows(self.paths.npy)
         listed = _read_rows(self.paths.csv) if self.paths.csv.exists() else []
         stored = (self.paths.npy.stat().st_size - header) // (4 * dim)
@@ -135,6 +156,7 @@ class Writer:
         csv.writer(self._csv).writerow(COLUMNS)
 
     def append(self, rows: list[dict[str, Any]], embeddings: np.ndarray) -> None:
+        """Append and commit rows (the ``.npy`` header last)."""
         if self._npy is None:
             self._create(embeddings.shape[1])
         assert self._npy is not None and self._csv is not None
@@ -152,26 +174,23 @@ class Writer:
         self._npy.flush()
 
     def close(self) -> None:
+        """Close the files."""
         for fh in (self._npy, self._csv):
             if fh is not None:
                 fh.close()
 
 
-def write_parquet(paths: OutputPaths) -> Path | None:
-    """``STEM.parquet`` (index columns + ``embedding``) when pyarrow is installed."""
+def write_parquet(paths: OutputPaths, model: dict[str, str]) -> Path | None:
+    """``STEM.parquet`` (the rows of :mod:`.embed_schema`: index, ``model`` columns, ``embedding``) when
+    pyarrow is installed."""
     try:
-        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         return None
     embeddings = np.load(paths.npy, mmap_mode="r")
     rows = _read_rows(paths.csv)
     columns = {name: [row[i] for row in rows] for i, name in enumerate(COLUMNS)}
-    columns["frame"] = [int(v) for v in columns["frame"]]
-    for name in ("window_center", "window_width"):
-        columns[name] = [float(v) if v else None for v in columns[name]]
-    flat = pa.array(np.asarray(embeddings, dtype=np.float32).reshape(-1))
-    table = pa.table({**columns, "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])})
+    table = arrow_table(columns, np.asarray(embeddings), {k: model[k] for k in MODEL_COLUMNS})
     partial = paths.with_ext(".parquet.partial")
     pq.write_table(table, partial)
     os.replace(partial, paths.parquet)
@@ -179,6 +198,7 @@ def write_parquet(paths: OutputPaths) -> Path | None:
 
 
 def write_errors(paths: OutputPaths, failed: list[tuple[str, str]]) -> Path | None:
+    """``STEM.errors.csv`` (path, error) of the files skipped, or none (a stale one removed)."""
     if not failed:
         paths.errors.unlink(missing_ok=True)  # a stale report from an earlier run
         return None
