@@ -50,6 +50,10 @@ class ArchSpec:
         classifier: timm name of the classifier (``pretrained_cfg['classifier']``).
         legacy_head: legacy state-dict prefix of the layer whose rows are the classes.
         model_args: extra timm ``create_model`` arguments needed to match the originals.
+        imagenet_tag: timm's pretrained tag with ImageNet weights for the architecture (``rnet-hub finetune
+            --init imagenet``): torchvision's (``.tv_in1k``) where timm has them, as the original study used
+            torchvision's; EfficientNet-B3/B4 and MobileNetV3 have none there, so these are timm's own
+            trainings (``ra2_in1k``, ``ra_in1k``, ``lamb_in1k``), not torchvision's weights.
     """
 
     name: str
@@ -64,6 +68,7 @@ class ArchSpec:
     classifier: str
     legacy_head: str
     model_args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    imagenet_tag: str = ""
 
     @property
     def archive_url(self) -> str:
@@ -92,34 +97,44 @@ def _spec(**kwargs: Any) -> ArchSpec:
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
     _spec(name="ResNet18", aliases=("res18",), timm_arch="resnet18", family="resnet",
+          imagenet_tag="resnet18.tv_in1k",
           torchvision_fn="resnet18", input_size=224, archive_mib=117, head_in_features=512,
           first_conv="conv1", classifier="fc", legacy_head="model.fc"),
     _spec(name="ResNet34", aliases=("res34",), timm_arch="resnet34", family="resnet",
+          imagenet_tag="resnet34.tv_in1k",
           torchvision_fn="resnet34", input_size=224, archive_mib=223, head_in_features=512,
           first_conv="conv1", classifier="fc", legacy_head="model.fc"),
     _spec(name="ResNet50", aliases=("res50",), timm_arch="resnet50", family="resnet",
+          imagenet_tag="resnet50.tv_in1k",
           torchvision_fn="resnet50", input_size=224, archive_mib=247, head_in_features=2048,
           first_conv="conv1", classifier="fc", legacy_head="model.fc"),
     _spec(name="DenseNet121", aliases=("dense121",), timm_arch="densenet121", family="densenet",
+          imagenet_tag="densenet121.tv_in1k",
           torchvision_fn="densenet121", input_size=224, archive_mib=74, head_in_features=1024,
           first_conv="features.conv0", classifier="classifier", legacy_head="classifier"),
     _spec(name="InceptionV3", aliases=("incept_v3",), timm_arch="inception_v3", family="inception",
+          imagenet_tag="inception_v3.tv_in1k",
           torchvision_fn="inception_v3", input_size=299, archive_mib=229, head_in_features=2048,
           first_conv="Conv2d_1a_3x3.conv", classifier="fc", legacy_head="model.fc"),
     _spec(name="VGG16", aliases=("vgg16",), timm_arch="vgg16", family="vgg",
+          imagenet_tag="vgg16.tv_in1k",
           torchvision_fn="vgg16", input_size=224, archive_mib=1.21 * 1024, head_in_features=4096,
           first_conv="features.0", classifier="head.fc", legacy_head="classifier.6"),
     _spec(name="EfficientNetB3", aliases=("eff3",), timm_arch="efficientnet_b3", family="efficientnet",
+          imagenet_tag="efficientnet_b3.ra2_in1k",
           torchvision_fn="efficientnet_b3", input_size=300, archive_mib=114, head_in_features=1536,
           first_conv="conv_stem", classifier="classifier", legacy_head="classifier.1"),
     _spec(name="EfficientNetB4", aliases=("eff4",), timm_arch="efficientnet_b4", family="efficientnet",
+          imagenet_tag="efficientnet_b4.ra2_in1k",
           torchvision_fn="efficientnet_b4", input_size=380, archive_mib=189, head_in_features=1792,
           first_conv="conv_stem", classifier="classifier", legacy_head="classifier.1"),
     _spec(name="MobileNetV3Large", aliases=("mobileNetV3Large",), timm_arch="mobilenetv3_large_100",
+          imagenet_tag="mobilenetv3_large_100.ra_in1k",
           family="mobilenetv3", torchvision_fn="mobilenet_v3_large", input_size=224, archive_mib=45,
           head_in_features=1280, first_conv="conv_stem", classifier="classifier",
           legacy_head="classifier.3", model_args={"bn_eps": 0.001}),
     _spec(name="MobileNetV3Small", aliases=("mobileNetV3Small",), timm_arch="mobilenetv3_small_100",
+          imagenet_tag="mobilenetv3_small_100.lamb_in1k",
           family="mobilenetv3", torchvision_fn="mobilenet_v3_small", input_size=224, archive_mib=17,
           head_in_features=1024, first_conv="conv_stem", classifier="classifier",
           legacy_head="classifier.3", model_args={"bn_eps": 0.001}),
