@@ -6,9 +6,11 @@ weights; nothing here is a result on the real RadiologyNET weights.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,33 @@ pytest_plugins = ["hub_fixtures"]
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per xdist worker (and its child processes): the workers share the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _shared_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder for session fixtures that every xdist worker of this run shares (this process's own otherwise).
+
+    The stand-ins are deterministic (seeded weights, fixed tar and gzip times), so whichever worker
+    makes one first makes it for all: VGG16's alone is half a gigabyte and a minute of work.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+        folder.mkdir(exist_ok=True)
+        return folder
+    return tmp_path_factory.mktemp(name)
+
+
+@contextmanager
+def _made_once(folder: Path) -> Iterator[bool]:
+    """Hold ``folder``'s lock; yield whether it still has to be made (its ``.done`` mark is missing)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder.parent / f".{folder.name}.done"
+        yield not done.exists()
+        done.touch()
 
 
 @pytest.fixture(scope="session")
@@ -24,16 +53,15 @@ def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
     """``sample_archive("ResNet18", with_optimizer=False, num_classes=36, seed=0)`` -> cached archive path."""
     from rnet_hub.testing import write_sample_archive
 
-    root = tmp_path_factory.mktemp("archives")
-    cache: dict[tuple, Path] = {}
+    root = _shared_root(tmp_path_factory, "archives")
 
     def make(name: str, *, with_optimizer: bool = False, num_classes: int = 36, seed: int = 0) -> Path:
-        key = (name, with_optimizer, num_classes, seed)
-        if key not in cache:
-            folder = root / f"{name}-{'opt' if with_optimizer else 'noopt'}-{num_classes}-{seed}"
-            cache[key] = write_sample_archive(name, folder / f"{name}.tar.gz", seed=seed,
-                                              num_classes=num_classes, with_optimizer=with_optimizer)
-        return cache[key]
+        folder = root / f"{name}-{'opt' if with_optimizer else 'noopt'}-{num_classes}-{seed}"
+        archive = folder / f"{name}.tar.gz"
+        with _made_once(folder) as to_make:
+            if to_make:
+                write_sample_archive(name, archive, seed=seed, num_classes=num_classes, with_optimizer=with_optimizer)
+        return archive
 
     return make
 
@@ -44,14 +72,13 @@ def converted_dir(tmp_path_factory: pytest.TempPathFactory, sample_archive: Call
     from rnet_hub.architectures import find_arch
     from rnet_hub.converter import convert
 
-    root = tmp_path_factory.mktemp("converted")
-    cache: dict[str, Path] = {}
+    root = _shared_root(tmp_path_factory, "converted")
 
     def make(name: str) -> Path:
-        if name not in cache:
-            cache[name] = convert(sample_archive(name), root / name, repo_id=find_arch(name).repo_id(),
-                                  progress=False).out_dir
-        return cache[name]
+        with _made_once(root / name) as to_make:
+            if to_make:
+                convert(sample_archive(name), root / name, repo_id=find_arch(name).repo_id(), progress=False)
+        return root / name
 
     return make
 

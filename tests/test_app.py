@@ -33,6 +33,9 @@ from rnet_hub.app.views import dicom_rescale, input_preview, read_views
 from rnet_hub.cli import main
 from rnet_hub.errors import MissingExtraError
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("app")
+
 LABELS = {0: "normal", 1: "abnormal"}
 
 

@@ -23,6 +23,9 @@ from rnet_hub.app import create_app
 from rnet_hub.app.browser import find_chromium, full_page_screenshot, headless_chromium, upload_and_wait
 from rnet_hub.app.ui import launch_app
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("app-browser")
+
 
 @pytest.fixture(scope="module")
 def served(converted_dir, tmp_path_factory):

@@ -25,6 +25,9 @@ from rnet_hub.folder import read_config
 from rnet_hub.loading import load_timm_from_dir
 from rnet_hub.preprocess import load_dicom
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("embed")
+
 
 @pytest.fixture
 def folder(tmp_path):

@@ -21,6 +21,9 @@ from rnet_hub.cli import main
 from rnet_hub.imaging.aggregate import aggregate_rows
 from rnet_hub.imaging.embed_schema import read_embeddings
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ray")
+
 #: file name -> (study, series) of the MR copies; dose.dcm is a third series in study 2.
 LAYOUT = {"mr0.dcm": ("1.2.3.1", "1.2.3.1.1"), "mr1.dcm": ("1.2.3.1", "1.2.3.1.1"),
           "mr2.dcm": ("1.2.3.1", "1.2.3.1.2"), "mr3.dcm": ("1.2.3.2", "1.2.3.2.1")}

@@ -39,6 +39,9 @@ from rnet_hub.imaging.embed_inputs import collect_inputs, list_inputs
 from rnet_hub.imaging.embed_ray import KILL_WORKER_ENV
 from rnet_hub.imaging.embed_schema import read_embeddings
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ray")
+
 DICOM_FILES = ("MR_small.dcm", "CT_small.dcm", "rtdose.dcm")  # 1 + 1 + 15 frames
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
 

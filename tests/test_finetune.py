@@ -23,6 +23,9 @@ import rnet_hub
 from rnet_hub.cli import main
 from rnet_hub.errors import BadInputError, OutputExistsError
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("finetune-run")
+
 #: Chance is 0.5 on the two balanced classes; these leave room for noise and still mean "it learned".
 LEARNED = 0.8
 LEARNED_TEST = 0.75

@@ -194,8 +194,10 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory, sample_archive: Callabl
 
 
 def _cases(*, phases: tuple[str, ...] = PHASES) -> list[Any]:
+    # each group's tests share one worker under pytest-xdist (--dist loadgroup): its round trip runs once
     return [pytest.param(spec.name, phase, id=f"{spec.name}-{phase}",
-                         marks=() if spec.name in DEFAULT else (pytest.mark.slow,))
+                         marks=(pytest.mark.xdist_group("roundtrip-default"),) if spec.name in DEFAULT
+                         else (pytest.mark.slow, pytest.mark.xdist_group("roundtrip-slow")))
             for spec in ARCHITECTURES for phase in phases]
 
 

@@ -24,6 +24,9 @@ from rnet_hub.errors import BadInputError
 from rnet_hub.publish.cards import build_card, card_metadata, model_stats
 from rnet_hub.publish.pipeline import empty_manifest, model_card, model_cards, read_manifest
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("model-cards")
+
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "model_cards"
 MANIFEST = ROOT / "conversion" / "manifest.json"

@@ -28,6 +28,9 @@ from rnet_hub.architectures import find_arch
 from rnet_hub.folder import pretrained_cfg
 from rnet_hub.preprocess import create_transform, is_dicom, load_dicom, load_frames, resolve_input_config
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("preprocess")
+
 # ---------------------------------------------------------------------------------------
 # The reference: the pretraining export, written out plainly (facts file, step 1)
 # ---------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ from rnet_hub.publish.batch import convert_all
 from rnet_hub.publish.pipeline import model_card, publish_all, read_manifest
 from rnet_hub.publish.push import push_folder
 
+#: the module's shared fixtures run once: its tests share one worker under pytest-xdist (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("publish")
+
 NAMES = ("ResNet18", "MobileNetV3Small")
 REPOS = {name: find_arch(name).repo_id() for name in NAMES}
 CONVERSION = Path(__file__).resolve().parent.parent / "conversion"
