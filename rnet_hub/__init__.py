@@ -34,11 +34,15 @@ _LAZY_NAMES = {
     "TransferError": ".errors",
     "TransferReport": ".transfer",
     "transfer_weights": ".transfer",
-    "embed": ".imaging.embed",
+    "embed": ".imaging.embed_engines",
     "EmbedReport": ".imaging.embed",
     "build_card": ".publish.cards",
     "push_folder": ".publish.push",
     "legacy": ".legacy",
+    "finetune": ".finetune",
+    "FinetuneResult": ".finetune",
+    "study": ".study",
+    "StudyResult": ".study",
 }
 
 __all__ = [
@@ -46,8 +50,10 @@ __all__ = [
     "ArchSpec",
     "ConversionResult",
     "EmbedReport",
+    "FinetuneResult",
     "ModelRef",
     "RnetHubError",
+    "StudyResult",
     "TransferError",
     "TransferReport",
     "__version__",
@@ -56,24 +62,29 @@ __all__ = [
     "create_model",
     "embed",
     "find_arch",
+    "finetune",
     "legacy",
     "parse_model_name",
     "push_folder",
     "register_pretrained_tags",
+    "study",
     "transfer_weights",
     "verify",
 ]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from . import legacy
+    from . import legacy, study
     from .architectures import ARCHITECTURES, ArchSpec, find_arch
     from .converter import ConversionResult, convert, verify
     from .errors import RnetHubError, TransferError
-    from .imaging.embed import EmbedReport, embed
+    from .finetune import FinetuneResult, finetune
+    from .imaging.embed import EmbedReport
+    from .imaging.embed_engines import embed
     from .loading import create_model
     from .names import ModelRef, parse_model_name
     from .publish.cards import build_card
     from .publish.push import push_folder
+    from .study import StudyResult
     from .tags import register_pretrained_tags
     from .transfer import TransferReport, transfer_weights
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from ..errors import RnetHubError
 from ..interrupts import Terminated, check, handled
 from ..version import __version__
-from . import clean, convert, demo, embed, push, sample
+from . import app, clean, convert, demo, embed, finetune, push, sample, study
 from ._shared import SubParsers
 
 __all__ = ["Terminated", "build_parser", "main", "run"]
@@ -39,7 +39,10 @@ _COMMANDS: list[Callable[[SubParsers], None]] = [
     convert.add_parser,  # convert, verify
     push.add_parser,  # push, publish-all
     embed.add_parser,  # embed
+    finetune.add_parser,  # finetune
     clean.add_parser,  # clean
+    app.add_parser,  # app
+    study.add_parser,  # study
 ]
 
 #: Set to anything but empty, 0, false, no or off: known errors show their traceback (like ``--debug``).

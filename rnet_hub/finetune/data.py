@@ -132,6 +132,10 @@ def load_data(data: str | os.PathLike[str] | Any, *, task: str | None = None, se
     if task is not None and task not in TASKS:
         raise BadInputError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     fractions = _check_fractions(fractions)
+    if isinstance(data, FinetuneData):  # already read and split (the study passes each cell's training fraction)
+        if task is not None and task != data.task:
+            raise BadInputError(f"the data is {data.task}, not {task}: leave --task out or read the data with it")
+        return data
     rows: DatasetRows | None = None
     if isinstance(data, (str, os.PathLike)):
         root = os.fspath(data)
