@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Create ./.venv (if missing) and install rnet_hub with its test extras into it.
-# torch/torchvision are pinned first so pip takes the builds this machine serves locally.
+# torch/torchvision are pinned so pip takes the builds this machine serves locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q -e ".[test]"
+# one resolver run; no byte-compiling at install (Python compiles what is imported, on first import)
+.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check \
+  "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
 # the app's browser test drives Debian's headless Chromium through its chromedriver
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
