@@ -7,8 +7,8 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# one resolver run; no byte-compiling at install (Python compiles what is imported, on first import)
-.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check \
+# one resolver run
+.venv/bin/python -m pip install -q --disable-pip-version-check \
   "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
 # the app's browser test drives Debian's headless Chromium through its chromedriver
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
