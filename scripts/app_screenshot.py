@@ -17,9 +17,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from pydicom.data import get_testdata_file
+
+from rnet_hub.app.demo import write_demo_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,18 +45,6 @@ def _models(work: Path) -> Path:
     return work / "finetuned-demo"
 
 
-def _reference(folder: Path) -> Path:
-    """Four generated patterns and copies of pydicom's MR and CT test files."""
-    folder.mkdir(parents=True)
-    y, x = np.mgrid[0:72, 0:96]
-    for i in range(4):
-        pattern = (np.sin(x / (3 + 2 * i)) * np.cos(y / (4 + i)) + 1) * 127.5
-        Image.fromarray(pattern.astype(np.uint8)).save(folder / f"pattern{i}.png")
-    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "MR0001")
-    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "CT0001")
-    return folder
-
-
 def main() -> None:
     """Build the stand-in model and reference set, serve the app, upload two DICOMs, save the screenshot."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +57,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rnet-hub-screenshot-") as tmp:
         work = Path(tmp)
         model = _models(work)
-        app, _ = create_app(models=[str(model)], reference=_reference(work / "reference"), cache_dir=work / "cache",
+        app, _ = create_app(models=[str(model)], reference=write_demo_reference(
+            work / "reference", dicom={"MR0001": "MR_small.dcm", "CT0001": "CT_small.dcm"}), cache_dir=work / "cache",
                             temp_dir=work / "app")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

@@ -24,6 +24,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a run whose ``--dist loadgroup`` would split the xdist groups (a known incompatibility).
+
+    pytest 9.2 stores node ids where pytest-xdist 3.8 cannot add its ``@group`` suffix. The groups are
+    then spread over the workers, and each shared module fixture (the Hub round trips, the Ray cluster,
+    the trained fine-tune) runs once per worker: the suite still passes, but slower, silently.
+    """
+    if config.getoption("dist", "no") != "loadgroup" or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if Version(version("pytest")) >= Version("9.2") and Version(version("pytest-xdist")) <= Version("3.8.0"):
+        raise pytest.UsageError(
+            f"pytest {version('pytest')} with pytest-xdist {version('pytest-xdist')} ignores --dist loadgroup's "
+            "groups; install the test extra's pins: pip install -e '.[test]' (pytest<9.2)")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On a worker: stop if an ``xdist_group`` test was not given its group (see :func:`pytest_configure`)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    split = [item.nodeid for item in session.items
+             if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if split:
+        raise pytest.UsageError(f"--dist loadgroup did not group {len(split)} tests (e.g. {split[0]}); "
+                                "install the test extra's pins: pip install -e '.[test]'")
+
+
 def _shared_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """A folder for session fixtures that every xdist worker of this run shares (this process's own otherwise).
 

@@ -25,6 +25,7 @@ from pydicom.data import get_testdata_file
 
 from rnet_hub.app import create_app
 from rnet_hub.app.analysis import Analyser
+from rnet_hub.app.demo import write_demo_reference
 from rnet_hub.app.environment import PRIVACY_ENV
 from rnet_hub.app.models import load_app_model
 from rnet_hub.app.reference import build_reference_index
@@ -63,13 +64,7 @@ def free_port() -> int:
 
 def make_reference(folder: Path) -> Path:
     """Four small generated PNGs and a copy of MR_small.dcm (named IM0001, found by its header)."""
-    folder.mkdir(parents=True)
-    y, x = np.mgrid[0:72, 0:96]
-    for i in range(4):
-        pattern = (np.sin(x / (3 + 2 * i)) * np.cos(y / (4 + i)) + 1) * 127.5
-        Image.fromarray(pattern.astype(np.uint8)).save(folder / f"pattern{i}.png")
-    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "IM0001")
-    return folder
+    return write_demo_reference(folder)
 
 
 def make_finetuned(converted: Path, out: Path) -> Path:
