@@ -1,8 +1,9 @@
-"""Ctrl-C and SIGTERM: both stop a command the same way, and neither can be lost.
+"""Ctrl-C, SIGTERM and SIGHUP: all stop a command the same way, and none can be lost.
 
-:func:`handled` (the CLI wraps every command in it) makes SIGTERM raise :class:`Terminated`, a
-``KeyboardInterrupt``, so every clean-up made for Ctrl-C (the extraction child and its folder, the
-staging folder) runs for it too; a second SIGTERM is ignored so as not to cut that clean-up short.
+:func:`handled` (the CLI wraps every command in it) makes SIGTERM and SIGHUP (the terminal was
+closed) raise :class:`Terminated`, a ``KeyboardInterrupt``, so every clean-up made for Ctrl-C (the
+extraction child and its folder, the staging folder) runs for them too; a second such signal is
+ignored so as not to cut that clean-up short.
 
 An exception raised by a signal handler can be swallowed by the code it lands in: a signal that
 arrives while torch's C++ initialisation imports numpy is reported as a warning and dropped. So each
@@ -30,59 +31,78 @@ __all__ = ["Terminated", "check", "follow_parent", "handled", "requested"]
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+#: the signals that end a command like Ctrl-C does, as :class:`Terminated`
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``."""
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's ``KeyboardInterrupt``."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status for a process ended by this signal: 143 for SIGTERM, 129 for SIGHUP."""
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        """``SIGTERM`` or ``SIGHUP``."""
+        return signal.Signals(self.signum).name
 
 
-_received: list[type[KeyboardInterrupt]] = []
+_received: list[KeyboardInterrupt] = []
 
 
-def requested() -> type[KeyboardInterrupt] | None:
-    """``Terminated`` or ``KeyboardInterrupt`` if such a signal arrived while :func:`handled` was active."""
+def requested() -> KeyboardInterrupt | None:
+    """The ``Terminated`` or ``KeyboardInterrupt`` of a signal that arrived while :func:`handled` was active."""
     return _received[0] if _received else None
 
 
 def check() -> None:
-    """Raise the interrupt that arrived, in case the code it first landed in swallowed it."""
-    kind = requested()
-    if kind is not None:
-        raise kind
+    """Raise the interrupt that arrived again, in case the code it first landed in swallowed it."""
+    first = requested()
+    if first is not None:
+        raise type(first)(*first.args)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _on_terminating(signum: int, frame: FrameType | None) -> None:
     if _received:  # a second one: the first is being handled, let its clean-up finish
         return
-    _received.append(Terminated)
-    raise Terminated
+    _received.append(Terminated(signum))
+    raise Terminated(signum)
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     if not _received:
-        _received.append(KeyboardInterrupt)
+        _received.append(KeyboardInterrupt())
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` and both signals are remembered, in this block (main thread only).
+    """SIGTERM and SIGHUP raise :class:`Terminated`, and every such signal and Ctrl-C is remembered, in this block.
 
-    A SIGINT that its starter ignores (a background job) stays ignored.
+    Main thread only. A SIGINT or SIGHUP that its starter ignores (a background job, ``nohup``) stays ignored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _received.clear()
-    previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
-    previous_int = signal.getsignal(signal.SIGINT)
-    if previous_int is signal.default_int_handler:
+    previous = {signum: signal.getsignal(signum) for signum in (*TERMINATING, signal.SIGINT)}
+    for signum in TERMINATING:
+        if previous[signum] is not signal.SIG_IGN:
+            signal.signal(signum, _on_terminating)
+    if previous[signal.SIGINT] is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield
     finally:
         _received.clear()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_term is None else previous_term)
-        if previous_int is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous_int)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def follow_parent(parent: int, die_with_parent: bool, abandon: Callable[[int], object]) -> None:
@@ -92,9 +112,12 @@ def follow_parent(parent: int, die_with_parent: bool, abandon: Callable[[int], o
     sends it when the parent dies: ``PR_SET_PDEATHSIG``, which follows the parent *thread* that started
     the child, so only a child started from the main thread may ask for it); the end of standard input
     (a pipe that only the parent holds: EOF when it closes it or dies, on any system); and the parent
-    already gone by the time this runs. Also SIGTERM sent by anyone else abandons the work.
+    already gone by the time this runs. Also SIGTERM sent by anyone else, or SIGHUP (the terminal closed,
+    which signals the whole foreground group), abandons the work, unless the parent ignores it (``nohup``).
     """
-    signal.signal(signal.SIGTERM, lambda signum, frame: abandon(128 + signal.SIGTERM))
+    for terminating in TERMINATING:
+        if signal.getsignal(terminating) is not signal.SIG_IGN:
+            signal.signal(terminating, lambda signum, frame: abandon(128 + signum))
     if die_with_parent and sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

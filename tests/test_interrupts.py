@@ -1,6 +1,6 @@
 """Interrupted conversions leave nothing behind (issue 12, items 4 and 6).
 
-* Ctrl-C and SIGTERM stop ``rnet-hub convert`` with 130 and 143 and one line, after removing the
+* Ctrl-C, SIGTERM and SIGHUP stop ``rnet-hub convert`` with 130, 143 and 129 and one line, after removing the
   extraction folder and the staging folder; a signal that lands where it is swallowed (torch's
   import) still stops the command at its next step;
 * the extraction child dies with its parent and never prints a traceback for a broken pipe;
@@ -34,9 +34,10 @@ from rnet_hub.leftovers import RunLock
 from rnet_hub.staging import refuse_existing, remove_dead_runs
 
 SCRIPT = Path(sys.executable).with_name("rnet-hub")
-#: Runs the console script with SIGINT at its default (a background job's starter may ignore it).
-SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                  "os.execv(sys.argv[1], sys.argv[1:])")
+#: Runs the console script with SIGINT and SIGHUP at their defaults (a background job's starter, or
+#: nohup, may ignore them; an ignored signal stays ignored across exec).
+SIGNALS_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "signal.signal(signal.SIGHUP, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def _ours(folder: Path) -> list[str]:
@@ -212,22 +213,41 @@ def test_clean_lists_with_dry_run_then_removes(private_tmp, tmp_path, capsys, mo
     assert capsys.readouterr().out.startswith("nothing to clean: no leftovers of killed conversions in ")
 
 
-def test_a_swallowed_sigterm_still_ends_the_command_with_143(monkeypatch, capsys):
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_swallowed_sigterm_or_sighup_still_ends_the_command(sig, status, monkeypatch, capsys):
     from rnet_hub.cli import clean
 
     def swallowing(args):
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
             time.sleep(5)  # the handler raises in here
         except BaseException:  # as torch's C++ import of numpy does
             pass
         return 0
 
     monkeypatch.setattr(clean, "_cmd_clean", swallowing)
-    before = signal.getsignal(signal.SIGTERM)
-    assert main(["clean"]) == 143
-    assert capsys.readouterr().err == "terminated; nothing was left half-written\n"
-    assert interrupts.requested() is None and signal.getsignal(signal.SIGTERM) == before  # all as it was
+    started_with = signal.signal(sig, signal.SIG_DFL)  # as from a terminal (not under nohup)
+    try:
+        assert main(["clean"]) == status
+        assert capsys.readouterr().err == f"terminated ({sig.name}); nothing was left half-written\n"
+        assert interrupts.requested() is None and signal.getsignal(sig) == signal.SIG_DFL  # all as it was
+    finally:
+        signal.signal(sig, started_with)
+
+
+def test_an_ignored_sighup_stays_ignored_under_nohup(monkeypatch):
+    monkeypatch.setattr(interrupts, "_received", [])
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with interrupts.handled():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM is still handled
+            os.kill(os.getpid(), signal.SIGHUP)  # nohup: the terminal closing must not stop the command
+            time.sleep(0.05)
+            assert interrupts.requested() is None
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 # ------------------------------------------------------------------------------------------ the real console script
@@ -245,7 +265,7 @@ def _convert(archive: Path, tmp_path: Path, out: str = "out") -> tuple[subproces
     outs.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(temp), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     env.pop("RNET_HUB_DEBUG", None)
-    process = subprocess.Popen([sys.executable, "-c", SIGINT_DEFAULT, str(SCRIPT), "convert", str(archive),
+    process = subprocess.Popen([sys.executable, "-c", SIGNALS_DEFAULT, str(SCRIPT), "convert", str(archive),
                                 "--out", str(outs / out), "-q"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, temp, outs
@@ -274,11 +294,13 @@ def _archive_for(point: str, sample_archive: Callable[..., Path]) -> Path:
 @pytest.mark.parametrize(("sig", "point"), [("SIGINT", "while extracting"),
                                             ("SIGTERM", "right after start"),
                                             ("SIGTERM", "while extracting"),
-                                            ("SIGTERM", "after the extraction")])
-def test_ctrl_c_and_sigterm_leave_nothing(sig, point, sample_archive, tmp_path):
+                                            ("SIGTERM", "after the extraction"),
+                                            ("SIGHUP", "while extracting")])
+def test_ctrl_c_sigterm_and_sighup_leave_nothing(sig, point, sample_archive, tmp_path):
     process, temp, outs = _convert(_archive_for(point, sample_archive), tmp_path)
     errors = _interrupt(process, temp, outs, point, getattr(signal, sig))
-    status, word = {"SIGINT": (130, "interrupted"), "SIGTERM": (143, "terminated")}[sig]
+    status, word = {"SIGINT": (130, "interrupted"), "SIGTERM": (143, "terminated (SIGTERM)"),
+                    "SIGHUP": (129, "terminated (SIGHUP)")}[sig]
     assert process.returncode == status, errors
     assert errors.endswith(f"{word}; nothing was left half-written\n") and "Traceback" not in errors, errors
     assert _ours(temp) == [] and list(outs.iterdir()) == []

@@ -7,8 +7,8 @@ each command is one function taking the parsed arguments and returning the exit 
 Errors are mapped to exit statuses here, and only here: an
 :class:`~rnet_hub.errors.RnetHubError` is printed as one ``error:`` line naming the fix,
 with its ``exit_code`` (2 for bad input or environment, 1 for failed checks such as parity);
-Ctrl-C gives 130, and SIGTERM, handled like Ctrl-C (:class:`~rnet_hub.interrupts.Terminated`),
-143: either way the temporary folders are removed first (see :mod:`rnet_hub.interrupts`). Any
+Ctrl-C gives 130, and SIGTERM or SIGHUP, handled like Ctrl-C (:class:`~rnet_hub.interrupts.Terminated`),
+143 or 129: either way the temporary folders are removed first (see :mod:`rnet_hub.interrupts`). Any
 other exception is a bug and keeps its traceback. ``--debug`` (or ``RNET_HUB_DEBUG=1``) shows
 the traceback of known errors too.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -94,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
-            print("terminated; nothing was left half-written", file=sys.stderr)
-            return 128 + signal.SIGTERM
+            print(f"terminated ({exc.signal_name}); nothing was left half-written", file=sys.stderr)
+            return exc.exit_status
         print("interrupted; nothing was left half-written", file=sys.stderr)
         return 130
 
