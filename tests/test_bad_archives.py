@@ -115,6 +115,20 @@ def _zip_with_broken_pickle_record(tmp: Path, _base: Base) -> Path:
     return path
 
 
+def _zip_with_damaged_tensor_bytes(tmp: Path, _base: Base) -> Path:
+    """Bytes of a weight storage overwritten: torch.load would read them without a word."""
+    _, data, archive = _torch_zip(tmp)
+    storages = [info for info in archive.infolist() if "/data/" in info.filename and info.file_size >= 64]
+    record = max(storages, key=lambda info: info.file_size)
+    name_length, extra_length = struct.unpack("<HH", data[record.header_offset + 26: record.header_offset + 30])
+    middle = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
+    damaged = bytearray(data)
+    damaged[middle: middle + 4] = bytes(b ^ 0xFF for b in damaged[middle: middle + 4])
+    path = tmp / "damaged.pth"
+    path.write_bytes(bytes(damaged))
+    return path
+
+
 def _saved(tmp: Path, name: str, obj: object) -> Path:
     torch.save(obj, tmp / name)
     return tmp / name
@@ -176,6 +190,8 @@ CASES: dict[str, tuple[Callable[[Path, Base], Path], type[RnetHubError], str]] =
     "zip-without-central-directory": (_zip_without_central_directory, SourceError,
                                       r"no-directory.pth is not a readable PyTorch checkpoint"),
     "zip-broken-pickle-record": (_zip_with_broken_pickle_record, SourceError, r"broken-record.pth"),
+    "zip-damaged-tensor-bytes": (_zip_with_damaged_tensor_bytes, SourceError,
+                                 r"damaged.pth is corrupt: its record \S+/data/\d+ does not match the CRC-32"),
     "pickled-list": (_a_list, SourceError, r"list.pth holds a list, not a checkpoint dict or state dict"),
     "dict-without-tensors": (_no_tensors, SourceError, r"foo.pth has no state dict under any of"),
     "state-dict-without-head": (_no_head, HeadShapeError, r"ResNet18 state dict has no classification head"),

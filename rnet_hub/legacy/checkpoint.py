@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 
 from ..archives.download import download_to_cache, is_url
 from ..archives.extract import ArchiveExtraction, file_sha256, sniff
-from ..archives.torchzip import STATE_DICT_KEYS
+from ..archives.torchzip import STATE_DICT_KEYS, first_corrupt_record
 from ..errors import SourceError, UnsafeCheckpointError
 from ..files import regular_file_problem
 
@@ -125,6 +126,19 @@ def _archive_extraction(source: Source, cache_dir: Path | None,
     return contextlib.nullcontext(path)
 
 
+def _refuse_corrupt_records(path: Path) -> None:
+    """A zip checkpoint must match its own CRC-32s (torch.load does not check them); other kinds pass."""
+    if sniff(path) != "zip":
+        return
+    try:
+        record = first_corrupt_record(path)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
+        return  # not a readable zip at all: safe_torch_load explains that in its own words
+    if record is not None:
+        raise SourceError(f"{path.name} is corrupt: its record {record} does not match the CRC-32 stored for it "
+                          f"(the file was damaged after torch saved it); download or copy it again")
+
+
 @contextlib.contextmanager
 def open_legacy_checkpoint(source: Source, *, cache_dir: Path | None = None,
                            progress: bool = True) -> Iterator[LegacyCheckpoint]:
@@ -140,6 +154,7 @@ def open_legacy_checkpoint(source: Source, *, cache_dir: Path | None = None,
             loaded = safe_torch_load(extracted, display_name=f"{path.name}:{extracted.name}")
         else:
             path, digest = opened, file_sha256(opened)
+            _refuse_corrupt_records(path)
             loaded = safe_torch_load(path)
         state_dict = find_state_dict(loaded, path.name)
         metadata = {k: loaded[k] for k in METADATA_KEYS if isinstance(loaded, Mapping) and k in loaded}
