@@ -95,7 +95,9 @@ def add_parser(sub: SubParsers) -> None:
     parser.add_argument("--address", help="--engine ray: the cluster (auto, HOST:PORT, ray://HOST:PORT; default: "
                                           "RAY_ADDRESS, else start Ray on this machine)")
     parser.add_argument("--workers", type=int, help="--engine ray: inference actors (default: one per "
-                                                    "--gpus-per-worker GPUs of the cluster, else 1)")
+                                                    "--gpus-per-worker GPUs of the cluster; without GPUs one "
+                                                    "per node, using nearly all its CPUs; --workers N without "
+                                                    "GPUs: N actors of one CPU each)")
     parser.add_argument("--gpus-per-worker", type=float, metavar="G",
                         help="--engine ray: GPUs each inference actor holds (0 or unset: CPU)")
     parser.add_argument("--rows-per-shard", type=int, metavar="N",

@@ -54,6 +54,9 @@ _DEFAULT_ROWS_PER_SHARD = 4096
 #: need more). Also keeps Ray Data from fusing decoding into the model actors (their remote arguments
 #: differ), so that decoding runs as separate CPU tasks, in parallel with the model.
 _DECODE_MEMORY = 1024**3
+#: CPUs a decode task declares. Reading and preprocessing an image costs 2-12 ms on one core, a CNN forward
+#: 35-100 ms (ResNet18, 2-core development machine), so on a CPU-only cluster nearly all of a node is the model's.
+_DECODE_CPUS = 0.25
 _TRANSFORMS: dict[str, Any] = {}
 
 
@@ -193,27 +196,46 @@ def _check(workers: int | None, gpus_per_worker: float | None, rows_per_shard: i
         raise BadInputError(f"--rows-per-shard must be at least 1, got {rows_per_shard}")
 
 
+def _inference_actors(ray: Any, workers: int | None, gpus: float) -> tuple[int, float, int]:
+    """How many model actors, the CPUs each declares, and the torch threads each runs.
+
+    With GPUs: one actor per ``gpus`` GPUs of the cluster, 1 CPU and 1 thread each. On CPUs, by default, one
+    actor per node, declaring all of the smallest node's CPUs but a decode task's share and running that
+    many threads (a one-thread actor would leave the rest of a node to decoding, which needs little of it).
+    ``workers`` given without GPUs: that many actors of 1 CPU and 1 thread.
+    """
+    if gpus:
+        present = ray.cluster_resources().get("GPU", 0)
+        if present < gpus:
+            raise BadInputError(f"--gpus-per-worker {gpus:g}: the Ray cluster has {present:g} GPUs; join GPU "
+                                f"nodes or leave the option out to embed on CPUs")
+        return workers or max(1, int(present // gpus)), 1.0, 1
+    if workers is not None:
+        return workers, 1.0, 1
+    node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    node_cpus = [cpus for cpus in node_cpus if cpus >= 2 * _DECODE_CPUS]
+    if not node_cpus:
+        return 1, 1.0, 1
+    smallest = min(node_cpus)
+    return len(node_cpus), smallest - _DECODE_CPUS, max(1, int(smallest))
+
+
 def _pipeline(ray: Any, todo: list[str], info: ModelInfo, config: dict[str, Any], *, faithful: bool,
               file_timeout: float | None, stage: int | None, batch_size: int, workers: int | None,
               gpus_per_worker: float | None) -> Any:
     """The Ray Data dataset of embedded rows for the files ``todo``."""
-    files = ray.put({name: (info.folder / name).read_bytes() for name in ("config.json", "model.safetensors")})
     gpus = gpus_per_worker or 0
-    present = ray.cluster_resources().get("GPU", 0)
-    if gpus and present < gpus:
-        raise BadInputError(f"--gpus-per-worker {gpus:g}: the Ray cluster has {present:g} GPUs; join GPU nodes "
-                            f"or leave the option out to embed on CPUs")
-    if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)) if gpus else 1
+    actors, actor_cpus, threads = _inference_actors(ray, workers, gpus)
+    files = ray.put({name: (info.folder / name).read_bytes() for name in ("config.json", "model.safetensors")})
     blocks = max(1, min(len(todo), -(-len(todo) // _FILES_PER_BLOCK)))
     ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-    ds = ds.map_batches(decode_batch, batch_format="numpy", num_cpus=1, memory=_DECODE_MEMORY,
+    ds = ds.map_batches(decode_batch, batch_format="numpy", num_cpus=_DECODE_CPUS, memory=_DECODE_MEMORY,
                         fn_kwargs={"config": config, "faithful": faithful, "file_timeout": file_timeout or None})
     return ds.map_batches(
-        Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_gpus=gpus or None, num_cpus=1,  # Ray Data restarts dead actors and retries their batches
-        fn_constructor_kwargs={"files": [files], "stage": stage, "input_size": list(config["input_size"]), "threads": 1,
-                               "kill_marker": os.environ.get(KILL_WORKER_ENV) or None})
+        Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus or None, num_cpus=actor_cpus,  # Ray Data restarts dead actors and retries their batches
+        fn_constructor_kwargs={"files": [files], "stage": stage, "input_size": list(config["input_size"]),
+                               "threads": threads, "kill_marker": os.environ.get(KILL_WORKER_ENV) or None})
 
 
 def embed_ray(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str | os.PathLike[str] = "embeddings",
@@ -223,8 +245,9 @@ def embed_ray(inputs: Sequence[str | os.PathLike[str]], *, model: str, out: str 
               gpus_per_worker: float | None = None, rows_per_shard: int | None = None) -> Any:
     """Embed every image under ``inputs`` on a Ray cluster; returns an
     :class:`~rnet_hub.imaging.embed.EmbedReport`. ``workers``: inference actors (default: one per
-    ``gpus_per_worker`` GPUs of the cluster, else 1); ``rows_per_shard``: rows per Parquet shard
-    (default 4096; a shard holds whole files). Other options as :func:`rnet_hub.imaging.embed.embed`.
+    ``gpus_per_worker`` GPUs of the cluster, else one per node using nearly all its CPUs);
+    ``rows_per_shard``: rows per Parquet shard (default 4096; a shard holds whole files). Other options
+    as :func:`rnet_hub.imaging.embed.embed`.
 
     Raises:
         MissingExtraError: Ray Data is not installed (``pip install 'rnet-hub[ray]'``), before anything is written.
