@@ -221,8 +221,8 @@ def _stop(process: subprocess.Popen, temp: Path) -> None:
 
 @pytest.mark.timeout(240)
 def test_two_nodes_joined_by_address(inputs, local, model_dir, tmp_path, tmp_path_factory):
-    """A head and a second node of 1 CPU each: decoding (1 CPU) and the model actor (1 CPU) cannot both run
-    on one of them, so the run finishes only with both nodes working, driven from ``--address``."""
+    """A head and a second node of 1 CPU each, driven from ``--address``: the CPU default asks for one model
+    actor of 0.75 CPU per node (two actors, which only fit one on each node), beside a quarter-CPU decode slot."""
     # short folders: Ray's socket paths under them must stay within 107 bytes
     head_temp, node_temp = tmp_path_factory.mktemp("h"), tmp_path_factory.mktemp("n")
     head = _start_node(["--head", "--port=0", "--include-dashboard=false", f"--temp-dir={head_temp}"],

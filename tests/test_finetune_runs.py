@@ -83,11 +83,25 @@ def test_parquet_regression_from_scratch_through_the_cli(tmp_path, converted_dir
 
 
 def test_datasets_folder_with_class_weights_and_unfreezing(tmp_path, converted_dir):
+    from huggingface_hub.utils import tqdm as hub_tqdm
+    from transformers.utils import logging as hf_logging
+
     base = converted_dir("MobileNetV3Small")
     saved = make_hf_dataset(tmp_path / "hf", n=24)
-    result = rnet_hub.finetune(saved, model=base, out_dir=tmp_path / "run", epochs=2, class_weights=True,
-                               freeze_backbone=True, unfreeze_after=1,
-                               training_args={"load_best_model_at_end": False, "save_total_limit": None}, **SMALL)
+    bar_states = sys.modules[hub_tqdm.__module__].progress_bar_states
+    original = dict(bar_states)
+    bar_states.update({"_global": True, "some.group": False})  # the caller's own progress-bar settings
+    before = (dict(bar_states), hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    try:
+        result = rnet_hub.finetune(saved, model=base, out_dir=tmp_path / "run", epochs=2, class_weights=True,
+                                   freeze_backbone=True, unfreeze_after=1,
+                                   training_args={"load_best_model_at_end": False, "save_total_limit": None},
+                                   **SMALL)
+        # quiet=True silenced transformers and huggingface_hub for the run only (process-wide switches)
+        assert (dict(bar_states), hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+    finally:
+        bar_states.clear()
+        bar_states.update(original)
     assert result.label_names == ("circle", "square", "cross") and result.epochs == 2
     original = _weights(base)
     first, second = sorted((result.out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))

@@ -7,8 +7,12 @@ Data (:mod:`.data`) → training arguments (:mod:`.options`) → seed → model 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +38,38 @@ def _last_checkpoint(folder: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def _quiet_libraries() -> None:
-    """``--quiet``: no transformers warnings or weight-loading bars (Trainer's bars go with ``disable_tqdm``)."""
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """``--quiet``: no transformers warnings or weight-loading bars while the run lasts (Trainer's bars go
+    with ``disable_tqdm``). These switches are process-wide, so the caller's settings come back afterwards:
+    a Python caller's later downloads keep their progress bars."""
     from transformers.utils import logging as hf_logging
 
+    bar_states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
+    saved_states, verbosity, bars = dict(bar_states), hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:  # transformers' own switch; it also sets huggingface_hub's (restored next), warning if env forbids
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hf_logging.enable_progress_bar()
+        bar_states.clear()
+        bar_states.update(saved_states)
 
 
 def train_and_write(data: Any, *, model: str | os.PathLike[str], out: Path, task: str | None,
                     opts: FinetuneOptions) -> FinetuneResult:
-    """Train, evaluate and write ``out`` (see the module docstring)."""
+    """Train, evaluate and write ``out`` (see the module docstring), quietly with ``opts.quiet``."""
+    with _quiet_libraries() if opts.quiet else contextlib.nullcontext():
+        return _train_and_write(data, model=model, out=out, task=task, opts=opts)
+
+
+def _train_and_write(data: Any, *, model: str | os.PathLike[str], out: Path, task: str | None,
+                     opts: FinetuneOptions) -> FinetuneResult:
     import torch
     from transformers import EarlyStoppingCallback, set_seed
 
@@ -63,8 +88,6 @@ def train_and_write(data: Any, *, model: str | os.PathLike[str], out: Path, task
         write_test_metrics,
     )
 
-    if opts.quiet:
-        _quiet_libraries()
     dataset = load_data(data, task=task, image_column=opts.image_column, label_column=opts.label_column)
     num_labels = 1 if dataset.task == "regression" else len(dataset.label_names)
     check_targets(dataset, num_labels)
