@@ -142,7 +142,8 @@ class Frame:
     applied to an exported CR frame (``"written: ..."``, ``"intended: 255 - v"`` or
     ``"none (PresentationLUTShape ...)"``), None otherwise. ``dropped`` is the exporter's drop
     reason (``"aspect ratio below 0.1 ..."``, ``"too few grey levels: ..."``) when asked for with
-    ``drop=``, else None.
+    ``drop=``, else None. ``series_instance_uid`` and ``study_instance_uid`` are the DICOM file's
+    (None when absent or not DICOM), for grouping embeddings by series or study.
     """
 
     pixels: np.ndarray
@@ -155,6 +156,8 @@ class Frame:
     note: str = ""
     cr_rule: str | None = None
     dropped: str | None = None
+    series_instance_uid: str | None = None
+    study_instance_uid: str | None = None
 
     @property
     def faithful(self) -> bool:
@@ -305,6 +308,8 @@ def load_dicom(path: str | os.PathLike[str] | Dataset, *, cr_rule: str = "writte
     pixels = _decode(ds, where)
     frames, multi = _split_frames(ds, pixels)
     common = {"sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
+              "series_instance_uid": str(ds.get("SeriesInstanceUID", "")) or None,
+              "study_instance_uid": str(ds.get("StudyInstanceUID", "")) or None,
               "modality": str(ds.get("Modality", "")) or None, "path": None if where == "dataset" else where}
     if frames[0].ndim == 3:
         out = []

@@ -121,15 +121,6 @@ class _Item(NamedTuple):
     error: str | None
 
 
-def _dicom_uids(path: str) -> tuple[str, str]:
-    """(SeriesInstanceUID, StudyInstanceUID) of a DICOM file already read once ("" when absent)."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True,
-                         specific_tags=["SeriesInstanceUID", "StudyInstanceUID"])
-    return str(ds.get("SeriesInstanceUID", "") or ""), str(ds.get("StudyInstanceUID", "") or "")
-
-
 def read_file(path: str, transform: ImageTransform, file_timeout: float | None = None) -> _Item:
     """All images of one file as model inputs with their rows (:data:`COLUMNS`), or the reason it could
     not be read within ``file_timeout`` seconds (never raises for a bad file). Both engines read with it."""
@@ -137,8 +128,6 @@ def read_file(path: str, transform: ImageTransform, file_timeout: float | None =
         with _time_limit(file_timeout):
             frames = load_frames(path)
             images = torch.stack([transform(frame) for frame in frames])
-            dicom = any(f.rule != "image" for f in frames)
-            series, study = _dicom_uids(path) if dicom else ("", "")
     except _ReadTimeout:
         return _Item(path, None, [], f"TimeoutError: {path} took longer than {file_timeout:g} s to read; skipped")
     except Exception as exc:  # an unreadable file is reported, never fatal
@@ -146,8 +135,10 @@ def read_file(path: str, transform: ImageTransform, file_timeout: float | None =
     rows, windows = [], {}
     for f in frames:
         windows[f.frame] = windows.get(f.frame, -1) + 1  # CT/XA: one image per window of a frame
-        rows.append({"path": path, "sop_instance_uid": f.sop_instance_uid or "", "series_instance_uid": series,
-                     "study_instance_uid": study, "frame": f.frame, "window_index": windows[f.frame],
+        rows.append({"path": path, "sop_instance_uid": f.sop_instance_uid or "",
+                     "series_instance_uid": f.series_instance_uid or "",
+                     "study_instance_uid": f.study_instance_uid or "", "frame": f.frame,
+                     "window_index": windows[f.frame],
                      "window_center": "" if f.window is None else f.window[0],
                      "window_width": "" if f.window is None else f.window[1], "rule": f.rule,
                      "modality": f.modality or ""})

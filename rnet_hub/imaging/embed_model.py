@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..archives.extract import file_sha256
 from ..errors import BadInputError
+from ..folder import WEIGHTS_NAME
 from ..names import parse_model_name
 
 __all__ = ["ModelInfo", "check_stage", "forward_fn", "identify_model", "load_model", "resolve_device"]
-
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -40,14 +39,6 @@ class ModelInfo:
         return {"model_id": self.model_id, "weights_sha256": self.weights_sha256, "hub_revision": self.hub_revision}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def identify_model(name: str) -> ModelInfo:
     """Resolve ``name`` (a converted folder or a Hub/legacy name, as :func:`rnet_hub.create_model` takes
     it) to its local folder, downloading Hub models once. A folder is recorded by its absolute path, a
@@ -56,15 +47,15 @@ def identify_model(name: str) -> ModelInfo:
 
     ref = parse_model_name(name)
     folder = resolve_model_dir(ref)
-    weights = folder / WEIGHTS_FILE
+    weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         from ..errors import ConvertedFolderError
 
-        raise ConvertedFolderError(f"{folder} has no {WEIGHTS_FILE}; convert the model again with rnet-hub convert")
+        raise ConvertedFolderError(f"{folder} has no {WEIGHTS_NAME}; convert the model again with rnet-hub convert")
     if ref.folder is not None:
-        return ModelInfo(str(ref.folder.absolute()), folder.absolute(), _sha256(weights), "")
+        return ModelInfo(str(ref.folder.absolute()), folder.absolute(), file_sha256(weights), "")
     revision = folder.name if folder.parent.name == "snapshots" else (ref.revision or "")
-    return ModelInfo(name, folder.absolute(), _sha256(weights), revision)
+    return ModelInfo(name, folder.absolute(), file_sha256(weights), revision)
 
 
 def load_model(folder: str | Path) -> nn.Module:

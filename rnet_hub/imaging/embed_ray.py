@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError, MissingExtraError, OutputExistsError
+from ..folder import CONFIG_NAME, WEIGHTS_NAME
 from ..progress import progress_bar
 from .embed_inputs import is_remote, list_inputs
 from .embed_model import ModelInfo, check_stage, identify_model
@@ -226,7 +227,7 @@ def _pipeline(ray: Any, todo: list[str], info: ModelInfo, config: dict[str, Any]
     """The Ray Data dataset of embedded rows for the files ``todo``."""
     gpus = gpus_per_worker or 0
     actors, actor_cpus, threads = _inference_actors(ray, workers, gpus)
-    files = ray.put({name: (info.folder / name).read_bytes() for name in ("config.json", "model.safetensors")})
+    files = ray.put({name: (info.folder / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)})
     blocks = max(1, min(len(todo), -(-len(todo) // _FILES_PER_BLOCK)))
     ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
     ds = ds.map_batches(decode_batch, batch_format="numpy", num_cpus=_DECODE_CPUS, memory=_DECODE_MEMORY,
