@@ -14,7 +14,6 @@ temporary file renamed into place). Files that cannot be read are listed, not fa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -23,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..archives.extract import file_sha256
 from ..errors import RnetHubError
+from ..files import write_atomic
 from ..imaging.dicom import load_frames
 from ..imaging.embed import collect_inputs
 from .models import AppModel
@@ -77,25 +78,6 @@ class ReferenceIndex:
         return [Neighbour(self.images[i], float(similarity[i])) for i in order]
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` into a temporary sibling, then rename it into place."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 class _Manifest:
     """``files.json``: the sha256 of files seen before, keyed by path and valid while size and mtime match."""
 
@@ -119,7 +101,7 @@ class _Manifest:
 
     def save(self) -> None:
         if self.changed:
-            _write_atomic(self.path, lambda p: p.write_text(json.dumps(self.entries, indent=1)))
+            write_atomic(self.path, lambda p: p.write_text(json.dumps(self.entries, indent=1)))
 
 
 def _embed_file(path: Path, model: AppModel, entry: Path) -> tuple[np.ndarray, list[str]]:
@@ -132,7 +114,7 @@ def _embed_file(path: Path, model: AppModel, entry: Path) -> tuple[np.ndarray, l
         with open(target, "wb") as fh:
             np.savez(fh, embeddings=embeddings, captions=np.array(captions, dtype=str))
 
-    _write_atomic(entry, write)
+    write_atomic(entry, write)
     return embeddings, captions
 
 
@@ -146,7 +128,7 @@ def build_reference_index(files: Sequence[str | os.PathLike[str]], *, model: App
     folder.mkdir(parents=True, exist_ok=True)
     about = folder / "model.json"
     if not about.exists():
-        _write_atomic(about, lambda p: p.write_text(json.dumps({"model": model.name, "folder": str(model.folder)})))
+        write_atomic(about, lambda p: p.write_text(json.dumps({"model": model.name, "folder": str(model.folder)})))
     manifest = _Manifest(folder)
     index, rows = ReferenceIndex(), []
     paths = collect_inputs(files) if files else []

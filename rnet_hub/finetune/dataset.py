@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import BadInputError, ImageReadError
+from ..files import write_atomic
 from ..imaging.dicom import load_dicom, load_frames, pil_to_array
 from ..imaging.transforms import ImageTransform, resolve_input_config
 from .examples import SPLITS, DatasetRows, Example, FinetuneData
+from .options import INITS
 
 __all__ = ["INITS", "FinetuneDataset", "decode_source", "make_dataset"]
 
-INITS = ("radiologynet", "imagenet", "scratch")
 _CACHE_VERSION = "1"
 
 
@@ -216,15 +216,12 @@ class FinetuneDataset(Dataset):
 
 def _write_atomic(path: Path, image: np.ndarray) -> None:
     """Write ``image`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as fh:  # a handle: np.save would add ".npy" to a name
             np.save(fh, image, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, save)
 
 
 def _augmentation(flip: bool) -> Any:

@@ -17,7 +17,6 @@ processes: the main process's share of the batches). Callbacks:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,17 +27,11 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from ..files import write_text_atomic
 from .metrics import compute, json_safe
 
 __all__ = ["EpochRecords", "FinetuneTrainer", "SilentProgress", "UnfreezeAfter", "epoch_rows", "loss_weights",
-           "make_trainer", "write_json_atomic"]
-
-
-def write_json_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename (never half-written)."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+           "make_trainer"]
 
 
 def loss_weights(task: str, targets: Sequence[Any], num_labels: int) -> torch.Tensor | None:
@@ -127,7 +120,7 @@ class EpochRecords(TrainerCallback):
         if not state.is_world_process_zero or metrics is None or not any(k.startswith("eval_") for k in metrics):
             return
         rows = epoch_rows(state.log_history)
-        write_json_atomic(self.path, "".join(json.dumps(row) + "\n" for row in rows))
+        write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in rows))
         if self.quiet or not rows:
             return
         row, key = rows[-1], f"eval_{self.metric}"

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..files import write_atomic, write_text_atomic
 from ..folder import CARD_NAME
 from ..names import HUB_PREFIX, parse_model_name
 from ..staging import atomic_output
 from ..version import __version__
-from .engine import write_json_atomic
 
 __all__ = ["CURVES_NAME", "METRICS_NAME", "MODEL_NAME", "TEST_METRICS_NAME", "CardFacts", "card_base_model",
            "is_finished", "render_card", "write_curves", "write_model_folder", "write_test_metrics"]
@@ -156,7 +156,7 @@ def write_model_folder(model: Any, out_dir: Path, card: str) -> Path:
 def write_test_metrics(out_dir: Path, metrics: Mapping[str, Any]) -> Path:
     """``out_dir/test_metrics.json`` (atomically; ``nan`` as ``null``)."""
     path = out_dir / TEST_METRICS_NAME
-    write_json_atomic(path, json.dumps(dict(metrics), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(dict(metrics), indent=2) + "\n")
     return path
 
 
@@ -182,7 +182,5 @@ def write_curves(out_dir: Path, rows: Sequence[Mapping[str, Any]], metric: str) 
         axis.legend()
     figure.tight_layout()
     path = out_dir / CURVES_NAME
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
-    temporary.replace(path)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, format="png"))
     return path

@@ -45,14 +45,15 @@ def _quiet_libraries() -> Iterator[None]:
     a Python caller's later downloads keep their progress bars."""
     from transformers.utils import logging as hf_logging
 
+    from .modeling import transformers_errors_only
+
     bar_states = importlib.import_module("huggingface_hub.utils.tqdm").progress_bar_states
-    saved_states, verbosity, bars = dict(bar_states), hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
+    saved_states, bars = dict(bar_states), hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with transformers_errors_only():
+            yield
     finally:
-        hf_logging.set_verbosity(verbosity)
         if bars:  # transformers' own switch; it also sets huggingface_hub's (restored next), warning if env forbids
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -73,8 +74,9 @@ def _train_and_write(data: Any, *, model: str | os.PathLike[str], out: Path, tas
     import torch
     from transformers import EarlyStoppingCallback, set_seed
 
+    from ..files import write_text_atomic
     from .data import load_data, make_dataset
-    from .engine import EpochRecords, epoch_rows, loss_weights, make_trainer, write_json_atomic
+    from .engine import EpochRecords, epoch_rows, loss_weights, make_trainer
     from .metrics import json_safe, metrics_function
     from .modeling import build_model, classifier_parameter_names, resolve_base
     from .options import training_arguments
@@ -131,7 +133,7 @@ def _train_and_write(data: Any, *, model: str | os.PathLike[str], out: Path, tas
     if trainer.is_world_process_zero():
         import json
 
-        write_json_atomic(out / METRICS_NAME, "".join(json.dumps(row) + "\n" for row in rows))
+        write_text_atomic(out / METRICS_NAME, "".join(json.dumps(row) + "\n" for row in rows))
         write_curves(out, rows, metric)
         facts = CardFacts(timm_arch=base.spec.timm_arch, task=dataset.task, init=opts.init,
                           label_names=dataset.label_names, base_model=card_base_model(

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError
+from ..files import write_text_atomic
+from ..finetune.examples import DEFAULT_SEED
 from . import grid as grid_module
 from .grid import INITS, Cell, make_grid, model_label, train_subsets
 from .runner import CellJob, CellRunner, finetune_cell, run_cells
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["StudyResult", "study"]
 
-SPLIT_SEED = 1221  # the original study's seed (rnet_hub.finetune.data.DEFAULT_SEED)
+SPLIT_SEED = DEFAULT_SEED  # the original study's seed
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,6 @@ def write_results(state: StudyState, cells: Sequence[Cell], *, metric: str, grea
                                  wall_s=wall_s, versions=report.package_versions())
     for name, text in (("report.md", report.render_markdown(blocks)),
                        ("report.html", report.render_html(blocks, state.root))):
-        tmp = state.root / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, state.root / name)
+        write_text_atomic(state.root / name, text)
         files[name] = state.root / name
     return files, pictures

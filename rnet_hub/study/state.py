@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, OutputExistsError
+from ..files import write_text_atomic
 from .grid import Cell
 
 __all__ = ["CELLS_DIR", "CELL_FILE", "FINETUNE_DIR", "MUST_MATCH", "STUDY_FILE", "StudyState", "write_json"]
@@ -35,16 +35,9 @@ MUST_MATCH = ("data", "data_summary", "task", "epochs", "seed", "finetune_option
 
 def write_json(path: Path, value: Any) -> None:
     """Write ``value`` as JSON to ``path`` atomically (a temporary file beside it, renamed into place)."""
+    text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(value, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _read_json(path: Path) -> Any:
