@@ -18,8 +18,9 @@ cleared): the fine-tune is not the published model.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ from typing import Any
 from ..architectures import ArchSpec, find_arch
 from ..errors import BadInputError, DownloadError
 from ..names import parse_model_name
+from .options import INITS
 
-__all__ = ["PROBLEM_TYPES", "BaseModel", "build_model", "classifier_parameter_names", "resolve_base"]
+__all__ = ["PROBLEM_TYPES", "BaseModel", "build_model", "classifier_parameter_names", "resolve_base",
+           "transformers_errors_only"]
 
 #: transformers' ``problem_type`` per task (it picks the loss of the model's own ``forward``).
 PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
@@ -100,25 +103,33 @@ def _timm_model(base: BaseModel, config: Any, init: str) -> Any:
                             f"fill the Hugging Face cache first") from exc
 
 
+@contextlib.contextmanager
+def transformers_errors_only() -> Iterator[None]:
+    """transformers logs errors only inside the block; its process-wide verbosity comes back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def build_model(base: BaseModel, *, init: str, task: str, label_names: Sequence[str],
                 image_size: int | None = None) -> Any:
     """The ``TimmWrapperForImageClassification`` a fine-tune trains (see the module docstring)."""
     from transformers import AutoModelForImageClassification
-    from transformers.utils import logging as hf_logging
 
-    if init not in ("radiologynet", "imagenet", "scratch"):
+    if init not in INITS:
         raise BadInputError(f"--init must be radiologynet, imagenet or scratch, got {init!r}")
     config = _hf_config(base, init=init, task=task, label_names=label_names, image_size=image_size)
     timm_model = None if init == "radiologynet" else _timm_model(base, config, init)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the expected "newly initialised head" report
-    try:
+    with transformers_errors_only():  # not the expected "newly initialised head" report
         # from_pretrained for every init: it sets up the key mapping that makes save_pretrained write timm's
         # own tensor names (a from_config model would write "timm_model."-prefixed ones, which timm cannot load)
         model = AutoModelForImageClassification.from_pretrained(base.folder, config=config,
                                                                 ignore_mismatched_sizes=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if timm_model is not None:
         model.timm_model = timm_model
     elif base.config["num_classes"] == config.num_labels:  # same width: from_pretrained kept the old head

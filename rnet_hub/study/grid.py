@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError, IntegrityError
+from ..finetune.options import INITS
 
 if TYPE_CHECKING:
     from ..finetune.data import FinetuneData
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_FRACTIONS", "DEFAULT_LRS", "INITS", "Cell", "check_nested", "make_grid", "model_label",
            "parse_floats", "parse_names", "train_subsets"]
 
-INITS = ("radiologynet", "imagenet", "scratch")
 DEFAULT_FRACTIONS = (0.05, 0.25, 0.5, 1.0)
 DEFAULT_LRS = (1e-3,)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

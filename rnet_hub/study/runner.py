@@ -20,7 +20,6 @@ Torch-free at import.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -74,17 +73,6 @@ class CellJob:
     task: str | None = None
     resume: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle the data by its fields: ``FinetuneData.splits`` is a read-only mapping proxy, which pickle refuses."""
-        fields = {f.name: getattr(self.data, f.name) for f in dataclasses.fields(self.data)}
-        fields["splits"] = dict(fields["splits"])
-        return (_rebuild_job, (self.cell, type(self.data), fields, self.out_dir, self.epochs, self.task, self.resume,
-                               dict(self.options)))
-
-
-def _rebuild_job(cell: Cell, data_type: type, fields: dict[str, Any], *rest: Any) -> CellJob:
-    return CellJob(cell, data_type(**fields), *rest)
 
 
 #: A function that fine-tunes one cell, leaving ``metrics.jsonl`` and ``test_metrics.json`` in ``job.out_dir``.

@@ -102,7 +102,7 @@ def verdict(result: PairedResult, a: str, b: str, *, alpha: float, greater: bool
                 if min_wilcoxon_p(result.n) >= alpha else "")
         return f"no significant difference at alpha={alpha:g}{note}"
     better, worse = (a, b) if (result.mean_diff > 0) == greater else (b, a)
-    direction = "higher" if (better == a) == (result.mean_diff > 0) else "lower"
+    direction = "higher" if greater else "lower"  # the better init's measure is higher exactly when higher is better
     return f"{better} better than {worse} ({direction} {measure}) at alpha={alpha:g} by {' and '.join(by)}"
 
 
